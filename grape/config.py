@@ -1,0 +1,95 @@
+"""Validate a pipeline configuration against the JSON Schema, with one clear message.
+
+Used by ``rules/common.smk`` before any job is scheduled. Defaults from the schema
+are filled in place, unknown keys are refused, and the configured input files must
+exist; every error names the key as a dotted path (``train.epochs``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+def _key(path: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _fill_defaults(instance: MutableMapping[str, Any], schema: dict[str, Any]) -> None:
+    for name, sub in schema.get("properties", {}).items():
+        if name not in instance and "default" in sub:
+            value = sub["default"]
+            instance[name] = dict(value) if isinstance(value, dict) else value
+        if isinstance(instance.get(name), MutableMapping) and sub.get("type") == "object":
+            _fill_defaults(instance[name], sub)
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        where = _key(error.absolute_path)
+        keys = ", ".join(f"{where}.{k}" if error.absolute_path else k for k in extra)
+        return f"unknown config key {keys} (allowed here: {', '.join(allowed)})"
+    if error.validator == "required":
+        return f"config key {_key(error.absolute_path)}: {error.message}"
+    return f"config key {_key(error.absolute_path)}: {error.message}"
+
+
+def load_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read the YAML JSON-Schema."""
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def validate_config(
+    config: MutableMapping[str, Any],
+    schema: dict[str, Any] | str | os.PathLike[str],
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> MutableMapping[str, Any]:
+    """Fill defaults into ``config`` in place and check it; raise :class:`ConfigError`.
+
+    ``base_dir`` resolves relative file paths (the directory Snakemake runs in).
+    Keys whose schema carries ``format: existing-file`` or ``format: existing-dir``
+    must name an existing file or directory when set.
+    """
+    if not isinstance(schema, dict):
+        schema = load_schema(schema)
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator = validator_cls(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        raise ConfigError(_message(errors[0]))
+    _fill_defaults(config, schema)
+    # A second pass: defaults themselves must satisfy the schema (a broken default is our bug).
+    errors = list(validator.iter_errors(config))
+    if errors:
+        raise ConfigError(_message(errors[0]))
+    _check_paths(config, schema, Path(base_dir or "."), ())
+    return config
+
+
+def _check_paths(instance: Any, schema: dict[str, Any], base: Path, path: tuple[str, ...]) -> None:
+    if isinstance(instance, MutableMapping):
+        for name, sub in schema.get("properties", {}).items():
+            if name in instance:
+                _check_paths(instance[name], sub, base, (*path, name))
+        return
+    fmt = schema.get("format")
+    if instance is None or fmt not in {"existing-file", "existing-dir"}:
+        return
+    target = Path(instance) if Path(instance).is_absolute() else base / instance
+    if fmt == "existing-file" and not target.is_file():
+        raise ConfigError(f"config key {_key(path)}: file not found: {instance}")
+    if fmt == "existing-dir" and not target.is_dir():
+        raise ConfigError(f"config key {_key(path)}: directory not found: {instance}")

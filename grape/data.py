@@ -1,0 +1,104 @@
+"""The dataset contract: a single-cell AnnData in GEARS' form, read and checked.
+
+``obs[condition_key]`` holds ``ctrl`` (the control label), ``A+ctrl`` for a single
+perturbation and ``A+B`` for a double (the separator is configurable);
+``var['gene_name']`` holds gene symbols (``var_names`` may be Ensembl ids).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    """The dataset breaks the contract; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """How to read conditions out of the dataset (config section ``dataset``)."""
+
+    condition_key: str = field(default="condition", metadata={"help": "obs column holding the condition"})
+    control: str = field(default="ctrl", metadata={"help": "label of control cells in the condition column"})
+    separator: str = field(default="+", metadata={"help": "separator of the genes of a condition (A+B)"})
+    cell_type_key: str = field(default="cell_type", metadata={"help": "obs column holding the cell type"})
+    gene_name_key: str = field(
+        default="gene_name", metadata={"help": "var column with gene symbols (var_names used when absent)"}
+    )
+
+
+def condition_genes(condition: str, *, options: DatasetOptions) -> tuple[str, ...]:
+    """Perturbed genes of a condition, sorted, without the control placeholder.
+
+    ``ctrl`` -> ``()``, ``A+ctrl`` -> ``("A",)``, ``B+A`` -> ``("A", "B")``.
+    """
+    if condition == options.control:
+        return ()
+    parts = [p for p in condition.split(options.separator) if p and p != options.control]
+    return tuple(sorted(parts))
+
+
+def gene_symbols(adata: ad.AnnData, *, options: DatasetOptions) -> np.ndarray:
+    """Gene symbols of ``adata.var`` (``var[gene_name_key]`` or ``var_names``)."""
+    if options.gene_name_key in adata.var.columns:
+        return adata.var[options.gene_name_key].astype(str).to_numpy()
+    return adata.var_names.astype(str).to_numpy()
+
+
+def read_dataset(path: str | Path, *, options: DatasetOptions) -> ad.AnnData:
+    """Read an h5ad and check the contract; raise :class:`DatasetError` naming the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"dataset file not found: {path}")
+    adata = ad.read_h5ad(path)
+    check_dataset(adata, options=options, source=str(path))
+    return adata
+
+
+def check_dataset(adata: ad.AnnData, *, options: DatasetOptions, source: str = "dataset") -> None:
+    """Validate the columns, control cells, gene names and values of ``adata``."""
+    if options.condition_key not in adata.obs.columns:
+        raise DatasetError(
+            f"{source}: obs has no condition column {options.condition_key!r} "
+            f"(columns: {', '.join(map(str, adata.obs.columns))}); set dataset.condition_key"
+        )
+    conditions = adata.obs[options.condition_key].astype(str)
+    if not (conditions == options.control).any():
+        raise DatasetError(
+            f"{source}: no control cells labelled {options.control!r} in obs[{options.condition_key!r}]; "
+            "set dataset.control"
+        )
+    symbols = pd.Series(gene_symbols(adata, options=options))
+    dup = symbols[symbols.duplicated()].unique()
+    if len(dup):
+        raise DatasetError(f"{source}: duplicated gene names in var: {', '.join(map(str, dup[:10]))}")
+    x = adata.X
+    values = x.data if hasattr(x, "data") and not isinstance(x, np.ndarray) else np.asarray(x)
+    if not np.isfinite(values).all():
+        raise DatasetError(f"{source}: X holds NaN or infinite values")
+
+
+def perturbed_genes(adata: ad.AnnData, *, options: DatasetOptions) -> list[str]:
+    """All genes named by any condition, sorted."""
+    genes: set[str] = set()
+    for cond in adata.obs[options.condition_key].astype(str).unique():
+        genes.update(condition_genes(cond, options=options))
+    return sorted(genes)
+
+
+def pseudobulk(adata: ad.AnnData, *, options: DatasetOptions) -> pd.DataFrame:
+    """Mean expression per condition (rows) and gene (columns, ``var_names``)."""
+    conditions = adata.obs[options.condition_key].astype(str).to_numpy()
+    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    frame = pd.DataFrame(x, columns=adata.var_names.astype(str))
+    means = frame.groupby(conditions, sort=True).mean()
+    means.index.name = "condition"
+    return means

@@ -1,0 +1,28 @@
+rule evaluate:
+    input:
+        dataset=dataset_path(),
+        predictions=rules.train.output.predictions,
+        split=rules.train.output.split,
+        code=code("evaluate", "metrics", "de", "data"),
+    output:
+        metrics=report(
+            f"{RESULTS}/evaluate/metrics.tsv",
+            caption="../workflow/report/metrics.rst",
+            category="Evaluation",
+        ),
+        per_condition=report(
+            f"{RESULTS}/evaluate/per_condition.tsv",
+            caption="../workflow/report/per_condition.rst",
+            category="Evaluation",
+        ),
+        summary=f"{RESULTS}/evaluate/metrics.json",
+    params:
+        options=opts("dataset", "evaluate"),
+        out_dir=out_dir,
+    log:
+        f"{LOGS}/evaluate.log",
+    conda:
+        "../envs/grape.yaml"
+    shell:
+        "python -m grape evaluate --dataset {input.dataset} --predictions {input.predictions}"
+        " --split {input.split} --out-dir {params.out_dir} {params.options} > {log} 2>&1"

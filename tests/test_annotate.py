@@ -1,0 +1,459 @@
+"""Tests of the ``annotate`` stage on a tiny Ensembl-style GTF, cDNA/ncRNA FASTA and h5ad."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from grape import annotate
+from grape.annotate import (
+    GENE_COLUMNS,
+    MISSING_COLUMNS,
+    AnnotationIndex,
+    GeneRequest,
+    Options,
+    TranscriptCandidate,
+    choose_transcript,
+    format_fasta,
+    read_canonical_tags,
+    strip_version,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tx:
+    """A transcript of the fixture annotation."""
+
+    tid: str
+    biotype: str
+    length: int | None  # None: no sequence in either FASTA
+    canonical: bool = False
+    fasta: str = "cdna"
+
+
+@dataclasses.dataclass(frozen=True)
+class Gn:
+    """A gene of the fixture annotation."""
+
+    gid: str
+    name: str
+    biotype: str
+    contig: str
+    start: int
+    end: int
+    strand: str
+    transcripts: tuple[Tx, ...]
+
+
+GENES: tuple[Gn, ...] = (
+    # Tagged canonical 001 wins over the longer untagged 002.
+    Gn("ENSG00000000001", "AAA1", "protein_coding", "1", 100, 900, "+", (
+        Tx("ENST00000000001", "protein_coding", 30, canonical=True),
+        Tx("ENST00000000002", "protein_coding", 90),
+    )),
+    # No tags: the biotype beats the longer retained intron; equal lengths -> smaller id.
+    Gn("ENSG00000000002", "BBB2", "protein_coding", "2", 1000, 5000, "-", (
+        Tx("ENST00000000005", "protein_coding", 75),
+        Tx("ENST00000000003", "retained_intron", 150),
+        Tx("ENST00000000004", "protein_coding", 75),
+    )),
+    Gn("ENSG00000000003", "LNC3", "lncRNA", "1", 2000, 2600, "-", (
+        Tx("ENST00000000006", "lncRNA", 130, canonical=True, fasta="ncrna"),
+    )),
+    Gn("ENSG00000000004", "DUP", "protein_coding", "3", 10, 500, "+", (
+        Tx("ENST00000000007", "protein_coding", 40, canonical=True),
+    )),
+    Gn("ENSG00000000005", "DUP", "protein_coding", "X", 10, 500, "+", (
+        Tx("ENST00000000008", "protein_coding", 40, canonical=True),
+    )),
+    # Its only transcript has no sequence in the FASTA.
+    Gn("ENSG00000000006", "NOSEQ", "protein_coding", "3", 800, 1200, "+", (
+        Tx("ENST00000000009", "protein_coding", None, canonical=True),
+    )),
+    # Perturbed in the dataset, not measured; the tagged transcript has no
+    # sequence, so the rule falls back to the one that has.
+    Gn("ENSG00000000007", "PERT7", "protein_coding", "2", 7000, 9000, "+", (
+        Tx("ENST00000000010", "protein_coding", None, canonical=True),
+        Tx("ENST00000000011", "nonsense_mediated_decay", 66),
+    )),
+)
+
+MEASURED = ["AAA1", "BBB2", "LNC3", "DUP", "NOSEQ", "GHOST"]
+MEASURED_IDS = [
+    "ENSG00000000001.5", "ENSG00000000002.1", "ENSG00000000003.2",
+    "ENSG00000000004.1", "ENSG00000000006.1", "ENSG00000000099.1",
+]
+CONDITIONS = ["ctrl", "AAA1+ctrl", "AAA1+PERT7", "MISSINGP+ctrl", "ctrl"]
+
+
+def _sequences() -> dict[str, str]:
+    rng = random.Random(7)
+    return {
+        tx.tid: "".join(rng.choice("ACGT") for _ in range(tx.length))
+        for gene in GENES
+        for tx in gene.transcripts
+        if tx.length is not None
+    }
+
+
+SEQUENCES = _sequences()
+
+
+def _attrs(gene: Gn, tx: Tx | None = None, exon: int | None = None) -> str:
+    parts = [f'gene_id "{gene.gid}"', 'gene_version "1"']
+    if tx is not None:
+        parts += [f'transcript_id "{tx.tid}"', 'transcript_version "1"']
+    if exon is not None:
+        parts.append(f'exon_number "{exon}"')
+    parts += [f'gene_name "{gene.name}"', 'gene_source "ensembl_havana"', f'gene_biotype "{gene.biotype}"']
+    if tx is not None:
+        parts += [
+            f'transcript_name "{gene.name}-{tx.tid[-3:]}"',
+            'transcript_source "ensembl_havana"',
+            f'transcript_biotype "{tx.biotype}"',
+        ]
+        if exon is not None:
+            parts += [f'exon_id "ENSE{tx.tid[4:]}{exon}"', 'exon_version "1"']
+        parts.append('tag "basic"')
+        if tx.canonical:
+            parts.append('tag "Ensembl_canonical"')
+        parts.append('transcript_support_level "1"')
+    return " ".join(p + ";" for p in parts)
+
+
+def gtf_text(genes: tuple[Gn, ...] = GENES) -> str:
+    """An Ensembl-style GTF (header, gene / transcript / exon lines) of ``genes``."""
+    lines = ["#!genome-build GRCh38.p14", "#!genome-version GRCh38", "#!genome-date 2013-12"]
+    for gene in genes:
+        common = [gene.contig, "ensembl_havana"]
+        lines.append("\t".join(
+            [*common, "gene", str(gene.start), str(gene.end), ".", gene.strand, ".", _attrs(gene)]
+        ))
+        for tx in gene.transcripts:
+            lines.append("\t".join(
+                [*common, "transcript", str(gene.start), str(gene.end), ".", gene.strand, ".", _attrs(gene, tx)]
+            ))
+            mid = (gene.start + gene.end) // 2
+            for number, (start, end) in enumerate([(gene.start, mid), (mid + 10, gene.end)], start=1):
+                lines.append("\t".join(
+                    [*common, "exon", str(start), str(end), ".", gene.strand, ".", _attrs(gene, tx, number)]
+                ))
+    return "\n".join(lines) + "\n"
+
+
+def fasta_text(kind: str) -> str:
+    """Ensembl cDNA or ncRNA FASTA of the fixture transcripts of that kind, 60 bases a line."""
+    out = []
+    for gene in GENES:
+        for tx in gene.transcripts:
+            if tx.length is None or tx.fasta != kind:
+                continue
+            strand = "1" if gene.strand == "+" else "-1"
+            out.append(
+                f">{tx.tid}.1 {kind} chromosome:GRCh38:{gene.contig}:{gene.start}:{gene.end}:{strand} "
+                f"gene:{gene.gid}.1 gene_biotype:{gene.biotype} transcript_biotype:{tx.biotype} "
+                f"gene_symbol:{gene.name} description:test gene {gene.name} [Source:HGNC Symbol;Acc:HGNC:1]"
+            )
+            seq = SEQUENCES[tx.tid]
+            out += [seq[i : i + 60] for i in range(0, len(seq), 60)]
+    return "\n".join(out) + "\n"
+
+
+def write_dataset(path: Path, *, var_names: list[str], symbols: list[str] | None = None) -> Path:
+    """A tiny h5ad with GEARS-style conditions and ``var['gene_name']``."""
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame(
+        {"condition": CONDITIONS, "cell_type": ["K562"] * len(CONDITIONS)},
+        index=[f"cell{i}" for i in range(len(CONDITIONS))],
+    )
+    var = pd.DataFrame({"gene_name": symbols if symbols is not None else var_names}, index=var_names)
+    x = rng.poisson(2.0, size=(len(CONDITIONS), len(var_names))).astype(np.float32)
+    ad.AnnData(X=x, obs=obs, var=var).write_h5ad(path)
+    return path
+
+
+def write_inputs(root: Path) -> dict[str, Path]:
+    """GTF, cDNA, ncRNA and dataset files under ``root``; returns the stage's input paths."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "demo.gtf").write_text(gtf_text())
+    (root / "demo.cdna.fa").write_text(fasta_text("cdna"))
+    (root / "demo.ncrna.fa").write_text(fasta_text("ncrna"))
+    write_dataset(root / "data.h5ad", var_names=MEASURED)
+    return {
+        "gtf": root / "demo.gtf",
+        "cdna": root / "demo.cdna.fa",
+        "ncrna": root / "demo.ncrna.fa",
+        "dataset": root / "data.h5ad",
+    }
+
+
+def outputs(root: Path, tag: str = "") -> dict[str, Path]:
+    return {
+        "cache_dir": root / "resources" / "pyensembl",
+        "genes_out": root / f"genes{tag}.tsv",
+        "fasta_out": root / f"genes{tag}.fa",
+        "missing_out": root / f"missing{tag}.tsv",
+    }
+
+
+def read_fasta(path: Path) -> dict[str, tuple[str, str]]:
+    """gene_id -> (header, sequence)."""
+    records: dict[str, tuple[str, str]] = {}
+    header, chunks = "", []
+    for line in path.read_text().splitlines() + [">"]:
+        if line.startswith(">"):
+            if header:
+                records[header.split()[0][1:]] = (header, "".join(chunks))
+            header, chunks = line, []
+        else:
+            assert len(line) <= 60
+            chunks.append(line)
+    return records
+
+
+def read_tsv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The stage run once on the symbol-keyed dataset; the paths of inputs and outputs."""
+    root = tmp_path_factory.mktemp("annotate")
+    paths = {**write_inputs(root), **outputs(root)}
+    annotate.run(options=Options(), **paths)
+    return paths
+
+
+# --------------------------------------------------------------------------- stage outputs
+
+
+def test_gene_table_columns_and_values(stage: dict[str, Path]) -> None:
+    genes = read_tsv(stage["genes_out"])
+    assert tuple(genes.columns) == GENE_COLUMNS
+    # measured genes in dataset order, then perturbation-only genes
+    assert genes["dataset_name"].tolist() == ["AAA1", "BBB2", "LNC3", "NOSEQ", "PERT7"]
+    assert genes["role"].tolist() == ["both", "measured", "measured", "measured", "perturbed"]
+    row = genes.set_index("dataset_name").loc["BBB2"]
+    assert row["gene_id"] == "ENSG00000000002"
+    assert row["gene_name"] == "BBB2"
+    assert row["biotype"] == "protein_coding"
+    assert (row["contig"], row["start"], row["end"], row["strand"]) == ("2", "1000", "5000", "-")
+    assert genes.set_index("dataset_name").loc["LNC3", "biotype"] == "lncRNA"
+
+
+def test_canonical_transcript_tag_and_fallback_rule(stage: dict[str, Path]) -> None:
+    genes = read_tsv(stage["genes_out"]).set_index("dataset_name")
+    # tag wins over a longer transcript
+    assert genes.loc["AAA1", "canonical_transcript"] == "ENST00000000001"
+    # no tag: gene biotype first, then length, then smaller id
+    assert genes.loc["BBB2", "canonical_transcript"] == "ENST00000000004"
+    # tag on an ncRNA transcript (ncRNA FASTA)
+    assert genes.loc["LNC3", "canonical_transcript"] == "ENST00000000006"
+    # tagged transcript without a sequence: the rule picks one that has a sequence
+    assert genes.loc["PERT7", "canonical_transcript"] == "ENST00000000011"
+
+
+def test_sequences_equal_fasta(stage: dict[str, Path]) -> None:
+    genes = read_tsv(stage["genes_out"])
+    records = read_fasta(stage["fasta_out"])
+    with_seq = genes[genes["sequence_length"] != "0"]
+    assert list(records) == with_seq["gene_id"].tolist()
+    for row in with_seq.itertuples():
+        header, sequence = records[row.gene_id]
+        assert header == f">{row.gene_id} {row.gene_name} {row.canonical_transcript}"
+        assert sequence == SEQUENCES[row.canonical_transcript]
+        assert int(row.sequence_length) == len(sequence)
+
+
+def test_gene_without_sequence_kept_with_zero_length(stage: dict[str, Path]) -> None:
+    genes = read_tsv(stage["genes_out"]).set_index("dataset_name")
+    assert genes.loc["NOSEQ", "sequence_length"] == "0"
+    assert genes.loc["NOSEQ", "canonical_transcript"] == "ENST00000000009"
+    assert "ENSG00000000006" not in read_fasta(stage["fasta_out"])
+
+
+def test_missing_genes_listed_with_reasons(stage: dict[str, Path]) -> None:
+    missing = read_tsv(stage["missing_out"])
+    assert tuple(missing.columns) == MISSING_COLUMNS
+    by_gene = missing.set_index("gene")
+    assert list(by_gene.index) == ["DUP", "GHOST", "MISSINGP"]
+    assert by_gene.loc["DUP", "reason"] == "ambiguous symbol (ENSG00000000004, ENSG00000000005)"
+    assert by_gene.loc["GHOST", "reason"] == "not in annotation"
+    assert by_gene.loc["MISSINGP", "reason"] == "not in annotation"
+    assert by_gene["role"].tolist() == ["measured", "measured", "perturbed"]
+
+
+def test_missing_genes_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
+    with caplog.at_level("WARNING", logger="grape.annotate"):
+        annotate.run(options=Options(), **paths)
+    assert any("3 of 8 dataset genes are not in the annotation" in r.getMessage() for r in caplog.records)
+    assert any("no transcript sequence" in r.getMessage() for r in caplog.records)
+
+
+def test_ids_with_version_match_by_id(tmp_path: Path) -> None:
+    paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
+    # the dataset's symbol of the first gene differs from the annotation's
+    symbols = ["AAA1_alias", *MEASURED[1:]]
+    write_dataset(paths["dataset"], var_names=MEASURED_IDS, symbols=symbols)
+    annotate.run(options=Options(), **paths)
+    genes = read_tsv(paths["genes_out"])
+    assert genes["gene_id"].tolist() == [
+        "ENSG00000000001", "ENSG00000000002", "ENSG00000000003",
+        "ENSG00000000004", "ENSG00000000006", "ENSG00000000007",
+    ]
+    first = genes.iloc[0]
+    assert (first["gene_name"], first["dataset_name"], first["role"]) == ("AAA1", "AAA1_alias", "both")
+    # DUP is ambiguous as a symbol but not as an id
+    assert genes.set_index("dataset_name").loc["DUP", "gene_id"] == "ENSG00000000004"
+    missing = read_tsv(paths["missing_out"]).set_index("gene")
+    assert list(missing.index) == ["GHOST", "MISSINGP"]
+
+
+def test_running_twice_gives_identical_outputs(tmp_path: Path) -> None:
+    paths = {**write_inputs(tmp_path), **outputs(tmp_path, "1")}
+    annotate.run(options=Options(), **paths)
+    first = {k: paths[k].read_bytes() for k in ("genes_out", "fasta_out", "missing_out")}
+    annotate.run(options=Options(), **paths)  # reuses the pyensembl cache
+    assert {k: paths[k].read_bytes() for k in first} == first
+    fresh = {**paths, **outputs(tmp_path / "fresh", "2")}
+    annotate.run(options=Options(), **fresh)  # rebuilds it elsewhere
+    assert {k: fresh[k].read_bytes() for k in first} == first
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("argument", ["gtf", "cdna", "ncrna", "dataset"])
+def test_missing_input_names_file_and_argument(tmp_path: Path, argument: str) -> None:
+    paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
+    paths[argument] = tmp_path / f"absent-{argument}.file"
+    with pytest.raises(FileNotFoundError, match=rf"--{argument}.*absent-{argument}\.file"):
+        annotate.run(options=Options(), **paths)
+    assert not paths["cache_dir"].exists()
+    assert not paths["genes_out"].exists()
+
+
+def test_empty_gtf_is_rejected(tmp_path: Path) -> None:
+    paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
+    paths["gtf"].write_text("#!genome-build GRCh38.p14\n")
+    with pytest.raises(ValueError, match=r"demo\.gtf is empty"):
+        annotate.run(options=Options(), **paths)
+    assert not paths["cache_dir"].exists()
+
+
+def test_gtf_without_gene_features_is_rejected(tmp_path: Path) -> None:
+    paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
+    no_genes = [line for line in gtf_text().splitlines() if "\tgene\t" not in line]
+    paths["gtf"].write_text("\n".join(no_genes) + "\n")
+    with pytest.raises(ValueError, match=r"demo\.gtf has no 'gene' features"):
+        annotate.run(options=Options(), **paths)
+
+
+def test_non_gtf_is_rejected(tmp_path: Path) -> None:
+    paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
+    paths["gtf"].write_text("gene_id,name\nENSG1,A\n")
+    with pytest.raises(ValueError, match=r"demo\.gtf: line 1 has 1 tab-separated fields"):
+        annotate.run(options=Options(), **paths)
+
+
+def test_empty_fasta_is_rejected(tmp_path: Path) -> None:
+    paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
+    paths["ncrna"].write_text("")
+    with pytest.raises(ValueError, match=r"--ncrna FASTA file .*demo\.ncrna\.fa is empty"):
+        annotate.run(options=Options(), **paths)
+
+
+# --------------------------------------------------------------------------- units
+
+
+def test_read_canonical_tags_gzip(tmp_path: Path) -> None:
+    path = tmp_path / "demo.gtf.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.write(gtf_text())
+    tags = read_canonical_tags(path)
+    assert tags.has_tags
+    assert tags.by_gene == {
+        "ENSG00000000001": "ENST00000000001",
+        "ENSG00000000003": "ENST00000000006",
+        "ENSG00000000004": "ENST00000000007",
+        "ENSG00000000005": "ENST00000000008",
+        "ENSG00000000006": "ENST00000000009",
+        "ENSG00000000007": "ENST00000000010",
+    }
+
+
+def test_read_canonical_tags_without_tags(tmp_path: Path) -> None:
+    path = tmp_path / "untagged.gtf"
+    path.write_text(gtf_text().replace(' tag "basic";', "").replace(' tag "Ensembl_canonical";', ""))
+    tags = read_canonical_tags(path)
+    assert not tags.has_tags and tags.by_gene == {}
+
+
+def test_choose_transcript_rule() -> None:
+    def tx(tid: str, biotype: str, seq: str, tagged: bool = False) -> TranscriptCandidate:
+        return TranscriptCandidate(transcript_id=tid, biotype=biotype, sequence=seq, tagged_canonical=tagged)
+
+    a, b, c = tx("T3", "protein_coding", "A" * 5), tx("T2", "protein_coding", "A" * 5), tx("T1", "lncRNA", "A" * 9)
+    assert choose_transcript([a, b, c], gene_biotype="protein_coding") == b
+    assert choose_transcript([a, b, c], gene_biotype="lncRNA") == c
+    tagged = tx("T9", "retained_intron", "A", tagged=True)
+    assert choose_transcript([a, b, c, tagged], gene_biotype="protein_coding") == tagged
+    no_seq = tx("T0", "protein_coding", "", tagged=True)
+    assert choose_transcript([no_seq, c], gene_biotype="protein_coding") == c
+    assert choose_transcript([no_seq], gene_biotype="protein_coding") == no_seq
+    assert choose_transcript([], gene_biotype="protein_coding") is None
+
+
+def test_annotation_index_matching() -> None:
+    index = AnnotationIndex.from_pairs(
+        [("ENSG1", "A"), ("ENSG2.4", "B"), ("ENSG3", "C"), ("ENSG4", "C"), ("ENSG5", "")]
+    )
+    assert index.match(GeneRequest("A", "ENSG1.7", "measured")) == ("ENSG1", "id")
+    assert index.match(GeneRequest("zzz", "ENSG2", "measured")) == ("ENSG2.4", "id")
+    assert index.match(GeneRequest("B", "B", "measured")) == ("ENSG2.4", "symbol")
+    assert index.match(GeneRequest("C", None, "perturbed")) == (None, "ambiguous symbol (ENSG3, ENSG4)")
+    assert index.match(GeneRequest("", None, "perturbed")) == (None, "not in annotation")
+    assert strip_version("ENSG00000141510.16") == "ENSG00000141510"
+    assert strip_version("HLA-A") == "HLA-A"
+
+
+def test_format_fasta_wraps_at_60() -> None:
+    text = format_fasta([("G1", "A", "T1", "C" * 125)])
+    assert text.splitlines() == [">G1 A T1", "C" * 60, "C" * 60, "C" * 5]
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_help_lists_file_arguments() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "grape", "annotate", "--help"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    )
+    for flag in ("--gtf", "--cdna", "--ncrna", "--dataset", "--cache-dir", "--genes-out", "--fasta-out",
+                 "--missing-out", "--reference-name", "--annotation-version", "--condition-key"):
+        assert flag in result.stdout
+
+
+def test_cli_runs_stage(tmp_path: Path) -> None:
+    from grape.cli import main
+
+    paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
+    argv = ["annotate", "--annotation-version", "7", "--reference-name", "GRCh38"]
+    for name, path in paths.items():
+        argv += ["--" + name.replace("_", "-"), str(path)]
+    assert main(argv) == 0
+    assert read_tsv(paths["genes_out"])["dataset_name"].tolist() == ["AAA1", "BBB2", "LNC3", "NOSEQ", "PERT7"]
