@@ -1,0 +1,231 @@
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from grape import graph
+from grape.embed import _save
+from grape.graph import Options, build_graph, load_graph, prior_edges, save_graph, standardize, topk_similar
+
+
+def unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+
+
+def features(n: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    # low-rank structure so that many similarities pass min_similarity
+    base = rng.normal(size=(n, 3))
+    text = base @ rng.normal(size=(3, 12)) + 0.3 * rng.normal(size=(n, 12))
+    dna = base @ rng.normal(size=(3, 8)) + 0.3 * rng.normal(size=(n, 8))
+    return text.astype(np.float32), dna.astype(np.float32)
+
+
+def nodes_table(n: int = 20) -> pd.DataFrame:
+    cycle = ["protein_coding", "lncRNA", "protein_coding", "miRNA", "snRNA"]
+    return pd.DataFrame({"gene": [f"G{i:02d}" for i in range(n)], "biotype": [cycle[i % 5] for i in range(n)]})
+
+
+# --------------------------------------------------------------------------- topk
+
+
+@pytest.mark.parametrize("chunk_size", [3, 7, 20, 4096])
+def test_topk_chunked_equals_dense(chunk_size):
+    x = unit_rows(20, 6, seed=1)
+    k = 4
+    idx, val = topk_similar(x, k, chunk_size=chunk_size)
+    dense = x @ x.T
+    dense.fill_diagonal_(float("-inf"))
+    top = dense.topk(k, dim=1)
+    torch.testing.assert_close(idx, top.indices, rtol=0, atol=0)
+    torch.testing.assert_close(val, top.values)
+    assert not (idx == torch.arange(20).unsqueeze(1)).any()
+
+
+def test_topk_caps_k_at_n_minus_one():
+    idx, _ = topk_similar(unit_rows(4, 3, seed=2), 10, chunk_size=2)
+    assert idx.shape == (4, 3)
+    for row in range(4):
+        assert sorted(idx[row].tolist()) == sorted(set(range(4)) - {row})
+
+
+# --------------------------------------------------------------------------- prior edges
+
+
+def dense_fused(mods: list[torch.Tensor]) -> torch.Tensor:
+    sims = []
+    for m in mods:
+        x = m.double() - m.double().mean(0, keepdim=True)
+        x = x / x.norm(dim=1, keepdim=True)
+        sims.append(x @ x.T)
+    return torch.stack(sims).mean(0)  # symmetric: [src, dst] == [dst, src]
+
+
+def test_prior_edges_properties_and_weights():
+    text, dna = features()
+    mods = [torch.from_numpy(text), torch.from_numpy(dna)]
+    top_k, min_sim = 3, 0.2
+    edge_index, weight = prior_edges(mods, top_k=top_k, min_similarity=min_sim, chunk_size=6)
+    src, dst = edge_index
+    assert edge_index.shape[1] > 0
+    assert not (src == dst).any()
+    assert torch.bincount(dst, minlength=20).max() <= top_k
+    assert (weight >= min_sim).all()
+    # no duplicate edges
+    assert len({(int(s), int(d)) for s, d in zip(src, dst)}) == edge_index.shape[1]
+    fused = dense_fused(mods)
+    torch.testing.assert_close(weight.double(), fused[src, dst], atol=1e-5, rtol=0)
+
+
+def test_prior_edges_equal_dense_selection():
+    text, dna = features(n=12, seed=3)
+    mods = [torch.from_numpy(text), torch.from_numpy(dna)]
+    top_k, min_sim = 3, 0.1
+    edge_index, _ = prior_edges(mods, top_k=top_k, min_similarity=min_sim, chunk_size=5)
+    got = {(int(s), int(d)) for s, d in edge_index.T}
+    # dense reference: candidates = union of each modality's top_k neighbours of every target
+    fused = dense_fused(mods)
+    expected = set()
+    for dst in range(12):
+        cands = set()
+        for m in mods:
+            x = standardize(m).double()
+            s = x @ x[dst]
+            s[dst] = -np.inf
+            cands.update(s.topk(top_k).indices.tolist())
+        kept = sorted((c for c in cands if fused[c, dst] >= min_sim), key=lambda c: -fused[c, dst])[:top_k]
+        expected.update((c, dst) for c in kept)
+    assert got == expected
+
+
+def test_min_similarity_above_all_gives_no_edges():
+    text, dna = features(n=10)
+    edge_index, weight = prior_edges([torch.from_numpy(text), torch.from_numpy(dna)], top_k=3, min_similarity=1.01)
+    assert edge_index.shape == (2, 0) and weight.shape == (0,)
+
+
+# --------------------------------------------------------------------------- build
+
+
+def test_build_graph_default_groups():
+    nodes = nodes_table()
+    text, dna = features()
+    opts = Options(top_k=3, min_similarity=0.1, chunk_size=7)
+    data = build_graph(nodes, text, dna, options=opts)
+    assert data.validate(raise_on_error=True)
+    assert sorted(data.node_types) == ["coding", "noncoding"]
+    coding = nodes.index[nodes["biotype"] == "protein_coding"].to_numpy()
+    assert data["coding"].global_id.tolist() == coding.tolist()
+    assert data["noncoding"].global_id.tolist() == sorted(set(range(20)) - set(coding.tolist()))
+    assert data["coding"].num_nodes == len(coding)
+    np.testing.assert_array_equal(data["coding"].x_text.numpy(), text[coding])
+    np.testing.assert_array_equal(data["coding"].x_dna.numpy(), dna[coding])
+    assert set(data.edge_types) == {(s, "to", d) for s in ("coding", "noncoding") for d in ("coding", "noncoding")}
+
+    # the relations partition exactly the prior edges, mapped back to global ids
+    ref_index, ref_weight = prior_edges([torch.from_numpy(text), torch.from_numpy(dna)], top_k=3,
+                                        min_similarity=0.1, chunk_size=7)
+    ref = {(int(s), int(d)): float(w) for (s, d), w in zip(ref_index.T, ref_weight)}
+    got = {}
+    for s_type, rel, d_type in data.edge_types:
+        store = data[s_type, rel, d_type]
+        assert store.edge_index.shape[1] == store.edge_weight.shape[0]
+        for (s, d), w in zip(store.edge_index.T, store.edge_weight):
+            key = (int(data[s_type].global_id[s]), int(data[d_type].global_id[d]))
+            assert key not in got
+            got[key] = float(w)
+    assert sum(data[e].edge_index.shape[1] for e in data.edge_types) == ref_index.shape[1]
+    assert got.keys() == ref.keys()
+    for key, w in ref.items():
+        assert got[key] == pytest.approx(w)
+
+
+def test_build_graph_custom_mapping_three_types():
+    nodes = nodes_table()
+    text, dna = features()
+    opts = Options(biotype_groups={"protein_coding": "coding", "lncRNA": "lnc"}, default_group="other",
+                   top_k=3, min_similarity=0.1)
+    data = build_graph(nodes, text, dna, options=opts)
+    assert data.validate(raise_on_error=True)
+    assert sorted(data.node_types) == ["coding", "lnc", "other"]
+    assert data["lnc"].global_id.tolist() == nodes.index[nodes["biotype"] == "lncRNA"].tolist()
+    assert data["other"].global_id.tolist() == nodes.index[nodes["biotype"].isin(["miRNA", "snRNA"])].tolist()
+    types = ("coding", "lnc", "other")
+    assert set(data.edge_types) == {(s, "to", d) for s in types for d in types}
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def test_save_load_round_trip_is_safetensors(tmp_path):
+    nodes = nodes_table()
+    text, dna = features()
+    data = build_graph(nodes, text, dna, options=Options(top_k=3, min_similarity=0.1))
+    path = tmp_path / "graph.safetensors"
+    save_graph(path, data, genes=nodes["gene"].tolist(), biotypes=nodes["biotype"].tolist())
+
+    raw = path.read_bytes()
+    assert not raw.startswith(b"\x80")  # not a pickle
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + header_len])
+    assert "__metadata__" in header
+    assert json.loads(header["__metadata__"]["genes"]) == nodes["gene"].tolist()
+
+    loaded = load_graph(path)
+    assert loaded.genes == nodes["gene"].tolist()
+    assert loaded.biotypes == nodes["biotype"].tolist()
+    assert loaded.data.node_types == data.node_types
+    assert loaded.data.edge_types == data.edge_types
+    for t in data.node_types:
+        for key in ("x_text", "x_dna", "global_id"):
+            assert torch.equal(loaded.data[t][key], data[t][key])
+        assert loaded.data[t].num_nodes == data[t].num_nodes
+    for e in data.edge_types:
+        assert torch.equal(loaded.data[e].edge_index, data[e].edge_index)
+        assert torch.equal(loaded.data[e].edge_weight, data[e].edge_weight)
+    assert loaded.data.validate(raise_on_error=True)
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def write_stage_inputs(tmp_path, text_genes, dna_genes):
+    nodes = nodes_table(10)
+    desc = tmp_path / "descriptions.tsv"
+    nodes.assign(gene_id="", description="x", source="fallback").to_csv(desc, sep="\t", index=False)
+    text, dna = features(10)
+    order = {g: i for i, g in enumerate(nodes["gene"])}
+    _save(tmp_path / "text.npz", text_genes, text[[order[g] for g in text_genes]], {})
+    _save(tmp_path / "dna.npz", dna_genes, dna[[order[g] for g in dna_genes]], {})
+    return nodes, desc
+
+
+def test_run_writes_graph(tmp_path):
+    genes = [f"G{i:02d}" for i in range(10)]
+    nodes, desc = write_stage_inputs(tmp_path, genes, genes)
+    out = tmp_path / "graph.safetensors"
+    graph.run(options=Options(top_k=3, min_similarity=0.1), descriptions=desc,
+              text=tmp_path / "text.npz", dna=tmp_path / "dna.npz", out=out)
+    loaded = load_graph(out)
+    assert loaded.genes == genes
+    assert sorted(loaded.data.node_types) == ["coding", "noncoding"]
+
+
+@pytest.mark.parametrize("which", ["text", "dna"])
+def test_run_refuses_features_in_another_order(tmp_path, which):
+    genes = [f"G{i:02d}" for i in range(10)]
+    swapped = genes[:]
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    _, desc = write_stage_inputs(tmp_path, swapped if which == "text" else genes,
+                                 swapped if which == "dna" else genes)
+    out = tmp_path / "graph.safetensors"
+    with pytest.raises(ValueError, match=rf"{which} features do not list the genes"):
+        graph.run(options=Options(top_k=3), descriptions=desc,
+                  text=tmp_path / "text.npz", dna=tmp_path / "dna.npz", out=out)
+    assert not out.exists()
