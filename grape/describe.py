@@ -63,7 +63,7 @@ def describe(genes: pd.DataFrame, missing: pd.DataFrame, *, by_id: dict[str, str
     """Description of every dataset gene: annotated ones, then those missing from the annotation."""
     rows = []
     for rec in genes.itertuples(index=False):
-        text = by_id.get(str(rec.gene_id)) or by_name.get(str(rec.gene_name)) or by_name.get(str(rec.dataset_name))
+        text = by_id.get(str(rec.gene_id).split(".")[0]) or by_name.get(str(rec.gene_name)) or by_name.get(str(rec.dataset_name))
         source = "table" if text else "fallback"
         rows.append((rec.dataset_name, rec.gene_id, rec.biotype, text or fallback_text(rec.gene_name, rec.biotype), source))
     for rec in missing.itertuples(index=False):

@@ -31,6 +31,7 @@ DEMO_FILES = {
     "truth_genes": f"{DEMO}/truth_genes.tsv",
     "truth_network": f"{DEMO}/truth_network.tsv",
     "truth_conditions": f"{DEMO}/truth_conditions.tsv",
+    "truth_modules": f"{DEMO}/truth_modules.tsv",
 }
 
 # Config keys that choose the workflow's inputs rather than a stage's options.
