@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("datacache").setLevel(logging.WARNING)  # it logs every SQL statement at INFO
     threads = ns.pop("threads")
     if threads > 0 and "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)

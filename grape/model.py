@@ -56,7 +56,9 @@ def normalized_adjacency(src: Tensor, dst: Tensor, weight: Tensor, num_nodes: in
     weight = weight.clamp(min=0)
     total = torch.zeros(num_nodes, dtype=weight.dtype).index_add_(0, dst, weight)
     values = weight / total[dst].clamp(min=1e-12)
-    return torch.sparse_coo_tensor(torch.stack([dst, src]), values, (num_nodes, num_nodes)).coalesce()
+    return torch.sparse_coo_tensor(
+        torch.stack([dst, src]), values, (num_nodes, num_nodes), check_invariants=True
+    ).coalesce()
 
 
 class PerturbationHGNN(nn.Module):
