@@ -28,7 +28,8 @@ STAGES: dict[str, str] = {
     "describe": "one description text per gene, with its source",
     "embed": "text (language model) and DNA (k-mer profile) features per gene, cached by content",
     "graph": "assemble the biotype heterograph (PyTorch Geometric HeteroData)",
-    "train": "split the conditions and train the heterogeneous GNN",
+    "split": "seeded train / validation / test split of the conditions (GEARS simulation split)",
+    "train": "train the heterogeneous GNN on the training conditions",
     "evaluate": "GEARS metrics of the model and baselines on the test conditions",
     "report": "Markdown summary of the metrics",
 }
@@ -40,6 +41,7 @@ class PathArg:
 
     help: str
     required: bool = True
+    many: bool = False  # one or more paths
 
 
 def _flag(name: str) -> str:
@@ -80,7 +82,8 @@ def build_stage_parser(stage: str) -> tuple[argparse.ArgumentParser, types.Modul
     )
     files = parser.add_argument_group("files")
     for name, spec in module.CLI_PATHS.items():
-        files.add_argument(_flag(name), dest=name, type=Path, required=spec.required, help=spec.help.replace("%", "%%"))
+        files.add_argument(_flag(name), dest=name, type=Path, required=spec.required,
+                           nargs="+" if spec.many else None, help=spec.help.replace("%", "%%"))
     options_cls = module.Options
     hints = typing.get_type_hints(options_cls)
     group = parser.add_argument_group("options (the config section of the same name)")

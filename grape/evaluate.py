@@ -24,13 +24,16 @@ from grape.cli import PathArg
 from grape.data import DatasetOptions, pseudobulk, read_dataset
 from grape.de import add_de_rankings, de_key
 from grape.metrics import METRICS, score
+from grape.split import read_split
 
 log = logging.getLogger(__name__)
 
 CLI_PATHS = {
     "dataset": PathArg("single-cell h5ad (GEARS contract)"),
-    "predictions": PathArg("predictions.h5ad from `grape train`"),
-    "split": PathArg("split.tsv from `grape train`"),
+    "predictions": PathArg(
+        "predictions.h5ad of each model variant from `grape train` (.../train/<variant>/predictions.h5ad)", many=True
+    ),
+    "split": PathArg("split.tsv from `grape split`"),
     "out_dir": PathArg("output directory: metrics.tsv, per_condition.tsv, metrics.json"),
 }
 
@@ -95,18 +98,31 @@ def evaluate(
     return per_condition, summary
 
 
-def run(*, options: Options, dataset: Path, predictions: Path, split: Path, out_dir: Path) -> None:
+def model_name(predictions: Path) -> str:
+    """``grape`` for the full model, ``grape_<variant>`` for ``.../train/<variant>/predictions.h5ad``."""
+    path = Path(predictions)
+    if path.parent.parent.name == "train" and path.parent.name != "full":
+        return f"grape_{path.parent.name}"
+    return "grape"
+
+
+def run(*, options: Options, dataset: Path, predictions: list[Path], split: Path, out_dir: Path) -> None:
     """Evaluate and write metrics.tsv, per_condition.tsv and metrics.json."""
     adata = read_dataset(dataset, options=options)
-    split_table = pd.read_csv(split, sep="\t", dtype=str)
-    pred = ad.read_h5ad(predictions)
     means = pseudobulk(adata, options=options)
+    split_table = read_split(split, [c for c in means.index if c != options.control])
     genes = adata.var_names.astype(str).tolist()
-    if pred.var_names.astype(str).tolist() != genes:
-        raise ValueError(f"{predictions}: genes differ from {dataset}")
+    models = {}
+    for path in [predictions] if isinstance(predictions, (str, Path)) else predictions:
+        pred = ad.read_h5ad(path)
+        if pred.var_names.astype(str).tolist() != genes:
+            raise ValueError(f"{path}: genes differ from {dataset}")
+        name = model_name(path)
+        if name in models:
+            raise ValueError(f"two predictions files for model {name!r}: {path}")
+        models[name] = pd.DataFrame(pred.X, index=pred.obs_names.astype(str), columns=means.columns)
     test_conds = split_table.loc[split_table["split"] == "test", "condition"].tolist()
-    log.info("evaluating %d test conditions", len(test_conds))
-    models = {"grape": pd.DataFrame(pred.X, index=pred.obs_names.astype(str), columns=means.columns)}
+    log.info("evaluating %s and baselines on %d test conditions", ", ".join(models), len(test_conds))
     models.update(baseline_predictions(means, split_table, control=options.control))
     per_condition, summary = evaluate(
         models, means, means.loc[options.control].to_numpy(), split_table, de_indices(adata, test_conds, options=options)

@@ -11,10 +11,24 @@ next seed. Every random choice comes from ``numpy.random.default_rng(seed)``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from grape._io import atomic_path
+from grape.cli import PathArg
+from grape.data import DatasetOptions, condition_genes, read_dataset
+
+log = logging.getLogger(__name__)
+
+CLI_PATHS = {
+    "dataset": PathArg("single-cell h5ad (GEARS contract)"),
+    "out": PathArg("output TSV: condition, split (train/val/test), subgroup"),
+}
 
 SPLIT_COLUMNS = ["condition", "split", "subgroup"]
 
@@ -82,3 +96,46 @@ def simulation_split(
                 f"(train_gene_fraction={train_gene_fraction}, seen2_train_fraction={seen2_train_fraction})"
             )
     return table
+
+
+@dataclass(frozen=True)
+class Options(DatasetOptions):
+    """Options of the split stage (config sections ``dataset`` and ``split``)."""
+
+    seed: int = field(default=1, metadata={"help": "seed of the split"})
+    train_gene_fraction: float = field(default=0.75, metadata={"help": "fraction of singly perturbed genes seen in training"})
+    seen2_train_fraction: float = field(
+        default=0.75, metadata={"help": "fraction of doubles with both genes seen that go to training"}
+    )
+
+
+def read_split(path: str | Path, conditions: Sequence[str]) -> pd.DataFrame:
+    """Read a split table and check that it covers exactly ``conditions`` (control excluded)."""
+    table = pd.read_csv(path, sep="\t", dtype=str)
+    missing_cols = [c for c in SPLIT_COLUMNS if c not in table.columns]
+    if missing_cols:
+        raise ValueError(f"{path}: missing columns {', '.join(missing_cols)}")
+    bad = sorted(set(table["split"]) - {"train", "val", "test"})
+    if bad:
+        raise ValueError(f"{path}: unknown split values {', '.join(bad)} (use train, val, test)")
+    listed, wanted = set(table["condition"]), set(conditions)
+    if listed != wanted:
+        extra, absent = sorted(listed - wanted), sorted(wanted - listed)
+        raise ValueError(
+            f"{path}: conditions differ from the dataset's; not in the dataset: {', '.join(extra[:5]) or '-'}; "
+            f"not in the split: {', '.join(absent[:5]) or '-'}"
+        )
+    return table
+
+
+def run(*, options: Options, dataset: Path, out: Path) -> None:
+    """Split the dataset's conditions and write the table."""
+    adata = read_dataset(dataset, options=options)
+    conditions = [c for c in adata.obs[options.condition_key].astype(str).unique() if c != options.control]
+    table = simulation_split(
+        conditions, genes_of=lambda c: condition_genes(c, options=options), seed=options.seed,
+        train_gene_fraction=options.train_gene_fraction, seen2_train_fraction=options.seen2_train_fraction,
+    )
+    log.info("split: %s", table.groupby(["split", "subgroup"]).size().to_dict())
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)

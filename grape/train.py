@@ -1,9 +1,9 @@
-"""Split the conditions and train the heterogeneous GNN on pseudobulk deltas.
+"""Train the heterogeneous GNN on pseudobulk deltas of the training conditions.
 
 The model learns each condition's mean expression change from the control mean
 (over all measured genes) from training conditions only; validation conditions
 choose the epoch (early stopping on validation MSE); test conditions are only
-predicted. Outputs: the split, the model as ``state_dict`` in safetensors with its
+predicted. The split comes from ``grape split``. Outputs: the model as ``state_dict`` in safetensors with its
 resolved options in YAML, a per-epoch TSV log, and predictions for every condition.
 """
 
@@ -28,14 +28,15 @@ from grape.data import DatasetError, DatasetOptions, condition_genes, gene_symbo
 from grape.embed import choose_device
 from grape.graph import Graph, load_graph
 from grape.model import GraphTensors, PerturbationHGNN, normalized_adjacency
-from grape.split import simulation_split
+from grape.split import read_split
 
 log = logging.getLogger(__name__)
 
 CLI_PATHS = {
     "dataset": PathArg("single-cell h5ad (GEARS contract)"),
     "graph": PathArg("graph from `grape graph` (.safetensors)"),
-    "out_dir": PathArg("output directory: split.tsv, model.safetensors, model.yaml, history.tsv, predictions.h5ad"),
+    "split": PathArg("split table from `grape split` (condition, split, subgroup)"),
+    "out_dir": PathArg("output directory: model.safetensors, model.yaml, history.tsv, predictions.h5ad"),
 }
 
 
@@ -44,9 +45,6 @@ class Options(DatasetOptions):
     """Options of the train stage (config sections ``dataset`` and ``train``)."""
 
     seed: int = field(default=0, metadata={"help": "seed of initialisation, batching and dropout"})
-    split_seed: int = field(default=1, metadata={"help": "seed of the train/val/test split"})
-    train_gene_fraction: float = field(default=0.75, metadata={"help": "fraction of singly perturbed genes seen in training"})
-    seen2_train_fraction: float = field(default=0.75, metadata={"help": "fraction of doubles with both genes seen that train"})
     epochs: int = field(default=300, metadata={"help": "maximum number of epochs"})
     patience: int = field(default=60, metadata={"help": "stop after this many epochs without a better validation loss"})
     batch_size: int = field(default=16, metadata={"help": "conditions per optimisation step"})
@@ -197,17 +195,13 @@ def predict(model: PerturbationHGNN, problem: Problem, graph: GraphTensors, *, d
     return torch.cat(out).numpy() + problem.control
 
 
-def run(*, options: Options, dataset: Path, graph: Path, out_dir: Path) -> None:
-    """Split, train, and write the model, the log and predictions."""
+def run(*, options: Options, dataset: Path, graph: Path, split: Path, out_dir: Path) -> None:
+    """Train, and write the model, the log and predictions."""
     out_dir = Path(out_dir)
     adata = read_dataset(dataset, options=options)
     loaded = load_graph(Path(graph))
     problem = build_problem(adata, loaded, options=options)
-    split = simulation_split(
-        problem.conditions, genes_of=lambda c: condition_genes(c, options=options), seed=options.split_seed,
-        train_gene_fraction=options.train_gene_fraction, seen2_train_fraction=options.seen2_train_fraction,
-    )
-    log.info("split: %s", split.groupby(["split", "subgroup"]).size().to_dict())
+    split = read_split(split, problem.conditions)
     control = np.zeros(len(loaded.genes), dtype=np.float32)
     measured_flag = np.zeros(len(loaded.genes), dtype=np.float32)
     control[problem.measured_nodes.numpy()] = problem.control
@@ -220,8 +214,6 @@ def run(*, options: Options, dataset: Path, graph: Path, out_dir: Path) -> None:
     predictions = predict(model, problem, tensors, device=device)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "split.tsv") as tmp:
-        split.to_csv(tmp, sep="\t", index=False)
     with atomic_path(out_dir / "history.tsv") as tmp:
         history.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     from safetensors.torch import save_file

@@ -37,6 +37,10 @@ DEMO_FILES = {
 # Config keys that choose the workflow's inputs rather than a stage's options.
 WORKFLOW_KEYS = {"source", "path", "gtf", "cdna", "ncrna", "table"}
 
+# Model variants trained on the same split and scored side by side: the full model, plus
+# the ablations listed in config (each one a set of train options, see grape.train).
+VARIANTS = ["full"]
+
 
 def is_demo():
     return config["dataset"]["source"] == "demo"
@@ -80,6 +84,11 @@ def opts(*sections):
             else:
                 flags.extend([flag, str(value)])
     return " ".join(shlex.quote(f) for f in flags)
+
+
+def train_options(wildcards):
+    """Train flags of one model variant."""
+    return opts("dataset", "train")
 
 
 def out_dir(wildcards, output):

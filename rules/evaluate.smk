@@ -1,9 +1,9 @@
 rule evaluate:
     input:
         dataset=dataset_path(),
-        predictions=rules.train.output.predictions,
-        split=rules.train.output.split,
-        code=code("evaluate", "metrics", "de", "data"),
+        predictions=expand(rules.train.output.predictions, variant=VARIANTS),
+        split=rules.split.output[0],
+        code=code("evaluate", "metrics", "de", "data", "split"),
     output:
         metrics=report(
             f"{RESULTS}/evaluate/metrics.tsv",

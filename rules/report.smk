@@ -1,7 +1,7 @@
 rule report:
     input:
         metrics=rules.evaluate.output.metrics,
-        history=rules.train.output.history,
+        history=expand(rules.train.output.history, variant="full"),
         code=code("report", "metrics"),
     output:
         report(

@@ -2,24 +2,27 @@ rule train:
     input:
         dataset=dataset_path(),
         graph=rules.graph.output[0],
+        split=rules.split.output[0],
         code=code("train", "model", "split", "data", "graph", "embed"),
     output:
-        split=f"{RESULTS}/train/split.tsv",
-        model=f"{RESULTS}/train/model.safetensors",
-        model_config=f"{RESULTS}/train/model.yaml",
+        model=f"{RESULTS}/train/{{variant}}/model.safetensors",
+        model_config=f"{RESULTS}/train/{{variant}}/model.yaml",
         history=report(
-            f"{RESULTS}/train/history.tsv",
+            f"{RESULTS}/train/{{variant}}/history.tsv",
             caption="../workflow/report/history.rst",
             category="Training",
+            subcategory="{variant}",
         ),
-        predictions=f"{RESULTS}/train/predictions.h5ad",
+        predictions=f"{RESULTS}/train/{{variant}}/predictions.h5ad",
     params:
-        options=opts("dataset", "train"),
+        options=train_options,
         out_dir=out_dir,
     log:
-        f"{LOGS}/train.log",
+        f"{LOGS}/train_{{variant}}.log",
     benchmark:
-        f"{BENCH}/train.tsv"
+        f"{BENCH}/train_{{variant}}.tsv"
+    wildcard_constraints:
+        variant="|".join(VARIANTS),
     threads: 2
     resources:
         mem_mb=4000,
@@ -27,5 +30,5 @@ rule train:
     conda:
         "../envs/grape.yaml"
     shell:
-        "python -m grape train --dataset {input.dataset} --graph {input.graph} --out-dir {params.out_dir}"
-        " --threads {threads} {params.options} > {log} 2>&1"
+        "python -m grape train --dataset {input.dataset} --graph {input.graph} --split {input.split}"
+        " --out-dir {params.out_dir} --threads {threads} {params.options} > {log} 2>&1"

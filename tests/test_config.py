@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import yaml
 
-from grape import annotate, describe, embed, evaluate, graph, report, simulate, train
+from grape import annotate, describe, embed, evaluate, graph, report, simulate, split, train
 from grape.config import ConfigError, load_schema, validate_config
 from grape.data import DatasetOptions
 
@@ -68,6 +68,7 @@ SECTIONS = {
     "describe": (describe.Options, ["describe"]),
     "embed": (embed.Options, ["embed"]),
     "graph": (graph.Options, ["graph"]),
+    "split": (split.Options, ["dataset", "split"]),
     "train": (train.Options, ["dataset", "train"]),
     "evaluate": (evaluate.Options, ["dataset", "evaluate"]),
     "report": (report.Options, ["report"]),

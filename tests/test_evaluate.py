@@ -118,7 +118,7 @@ def test_run_perfect_predictions(tmp_path):
                       var=pd.DataFrame(index=adata.var_names))
     pred.write_h5ad(tmp_path / "pred.h5ad")
 
-    evaluate.run(options=opts, dataset=tmp_path / "data.h5ad", predictions=tmp_path / "pred.h5ad",
+    evaluate.run(options=opts, dataset=tmp_path / "data.h5ad", predictions=[tmp_path / "pred.h5ad"],
                  split=tmp_path / "split.tsv", out_dir=tmp_path / "eval")
 
     metrics = pd.read_csv(tmp_path / "eval" / "metrics.tsv", sep="\t").set_index(["model", "subgroup", "metric"])
@@ -142,10 +142,21 @@ def test_run_perfect_predictions(tmp_path):
 def test_run_refuses_predictions_of_other_genes(tmp_path):
     adata = tiny_dataset()
     adata.write_h5ad(tmp_path / "data.h5ad")
-    pd.DataFrame({"condition": ["G0+ctrl"], "split": ["test"], "subgroup": ["unseen_single"]}).to_csv(
+    conds = [c for c in adata.obs["condition"].unique() if c != "ctrl"]
+    pd.DataFrame({"condition": conds, "split": "test", "subgroup": "unseen_single"}).to_csv(
         tmp_path / "split.tsv", sep="\t", index=False)
-    ad.AnnData(X=np.zeros((1, 24), dtype=np.float32), obs=pd.DataFrame(index=["G0+ctrl"]),
+    ad.AnnData(X=np.zeros((len(conds), 24), dtype=np.float32), obs=pd.DataFrame(index=conds),
                var=pd.DataFrame(index=adata.var_names[:24])).write_h5ad(tmp_path / "pred.h5ad")
     with pytest.raises(ValueError, match=r"genes differ from"):
-        evaluate.run(options=Options(), dataset=tmp_path / "data.h5ad", predictions=tmp_path / "pred.h5ad",
+        evaluate.run(options=Options(), dataset=tmp_path / "data.h5ad", predictions=[tmp_path / "pred.h5ad"],
+                     split=tmp_path / "split.tsv", out_dir=tmp_path / "eval")
+
+
+def test_run_refuses_a_split_of_other_conditions(tmp_path):
+    adata = tiny_dataset()
+    adata.write_h5ad(tmp_path / "data.h5ad")
+    pd.DataFrame({"condition": ["G0+ctrl"], "split": ["test"], "subgroup": ["unseen_single"]}).to_csv(
+        tmp_path / "split.tsv", sep="\t", index=False)
+    with pytest.raises(ValueError, match=r"conditions differ from the dataset's"):
+        evaluate.run(options=Options(), dataset=tmp_path / "data.h5ad", predictions=[tmp_path / "pred.h5ad"],
                      split=tmp_path / "split.tsv", out_dir=tmp_path / "eval")

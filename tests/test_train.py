@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from grape import train
+from grape import split, train
 from grape.data import DatasetError
 from grape.graph import Options as GraphOptions
 from grape.graph import build_graph, save_graph
@@ -62,6 +62,7 @@ def inputs(tmp_path_factory) -> tuple[Path, Path, ad.AnnData]:
     adata = make_dataset(root / "data.h5ad")
     # the graph has two genes that are not measured
     make_graph(root / "graph.safetensors", [*GENES, "X1", "X2"])
+    split.run(options=split.Options(seed=1), dataset=root / "data.h5ad", out=root / "split.tsv")
     return root / "data.h5ad", root / "graph.safetensors", adata
 
 
@@ -69,16 +70,16 @@ def inputs(tmp_path_factory) -> tuple[Path, Path, ad.AnnData]:
 def trained(inputs, tmp_path_factory) -> Path:
     dataset, graph, _ = inputs
     out = tmp_path_factory.mktemp("run1")
-    train.run(options=OPTIONS, dataset=dataset, graph=graph, out_dir=out)
+    train.run(options=OPTIONS, dataset=dataset, graph=graph, split=dataset.parent / "split.tsv", out_dir=out)
     return out
 
 
 def test_run_writes_all_outputs(trained, inputs):
     _, _, adata = inputs
-    for name in ("split.tsv", "model.safetensors", "model.yaml", "history.tsv", "predictions.h5ad"):
+    for name in ("model.safetensors", "model.yaml", "history.tsv", "predictions.h5ad"):
         assert (trained / name).is_file(), name
 
-    split = pd.read_csv(trained / "split.tsv", sep="\t")
+    split = pd.read_csv(inputs[0].parent / "split.tsv", sep="\t")
     assert list(split.columns) == ["condition", "split", "subgroup"]
     assert set(split["condition"]) == set(conditions()) - {"ctrl"}
     assert set(split["split"]) == {"train", "val", "test"}
@@ -119,11 +120,10 @@ def test_predictions_are_control_plus_change(trained, inputs):
 
 def test_same_seed_is_deterministic(trained, inputs, tmp_path):
     dataset, graph, _ = inputs
-    train.run(options=OPTIONS, dataset=dataset, graph=graph, out_dir=tmp_path)
+    train.run(options=OPTIONS, dataset=dataset, graph=graph, split=dataset.parent / "split.tsv", out_dir=tmp_path)
     a = ad.read_h5ad(trained / "predictions.h5ad")
     b = ad.read_h5ad(tmp_path / "predictions.h5ad")
     assert np.array_equal(np.asarray(a.X), np.asarray(b.X))
-    assert (trained / "split.tsv").read_text() == (tmp_path / "split.tsv").read_text()
     ha = pd.read_csv(trained / "history.tsv", sep="\t")
     hb = pd.read_csv(tmp_path / "history.tsv", sep="\t")
     assert ha["train_mse"].tolist() == hb["train_mse"].tolist()
@@ -145,7 +145,8 @@ def test_condition_gene_absent_from_graph(inputs, tmp_path, monkeypatch):
     make_dataset(tmp_path / "data.h5ad", extra_conditions=("GHOST+ctrl",))
     monkeypatch.setattr(train, "fit", _no_training)
     with pytest.raises(DatasetError, match=r"GHOST"):
-        train.run(options=OPTIONS, dataset=tmp_path / "data.h5ad", graph=graph, out_dir=tmp_path / "out")
+        train.run(options=OPTIONS, dataset=tmp_path / "data.h5ad", graph=graph, split=tmp_path / "split.tsv",
+                  out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -155,5 +156,5 @@ def test_measured_gene_absent_from_graph(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "fit", _no_training)
     with pytest.raises(DatasetError, match=r"measured genes without a graph node: G27"):
         train.run(options=OPTIONS, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
-                  out_dir=tmp_path / "out")
+                  split=tmp_path / "split.tsv", out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()

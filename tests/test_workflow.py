@@ -69,18 +69,18 @@ def test_end_to_end_outputs(workflow):
     results = workflow / "results" / "tiny"
     for rel in ("annotate/genes.tsv", "annotate/sequences.fa", "annotate/missing_genes.tsv",
                 "describe/descriptions.tsv", "embed/text.npz", "embed/dna.npz", "graph/graph.safetensors",
-                "train/split.tsv", "train/model.safetensors", "train/model.yaml", "train/history.tsv",
-                "train/predictions.h5ad", "evaluate/metrics.tsv", "evaluate/per_condition.tsv",
+                "split/split.tsv", "train/full/model.safetensors", "train/full/model.yaml",
+                "train/full/history.tsv", "train/full/predictions.h5ad", "evaluate/metrics.tsv", "evaluate/per_condition.tsv",
                 "evaluate/metrics.json", "report/summary.md"):
         assert (results / rel).stat().st_size > 0, rel
-    for stage in ("annotate", "describe", "embed", "graph", "train", "evaluate", "report"):
+    for stage in ("annotate", "describe", "embed", "graph", "split", "train_full", "evaluate", "report"):
         assert (workflow / "logs" / "tiny" / f"{stage}.log").exists()
     metrics = pd.read_csv(results / "evaluate" / "metrics.tsv", sep="\t")
     assert set(metrics["model"]) == {"grape", "mean", "no_change"}
     overall = metrics[metrics["subgroup"] == "all"].set_index(["model", "metric"])["value"]
     # the model predicts changes (not the control): its delta correlation is defined
     assert pd.notna(overall[("grape", "pearson_delta")])
-    split = pd.read_csv(results / "train" / "split.tsv", sep="\t")
+    split = pd.read_csv(results / "split" / "split.tsv", sep="\t")
     n_test = int((split["split"] == "test").sum())
     assert set(metrics.loc[metrics["subgroup"] == "all", "n_conditions"]) == {n_test}
     assert "| grape |" in (results / "report" / "summary.md").read_text()
@@ -94,6 +94,12 @@ def test_training_parameter_reruns_training_and_later_only(workflow):
     changed = {**TINY, "train": {**TINY["train"], "epochs": 31}}
     jobs = scheduled(snakemake(workflow, "-n", config=changed))
     assert set(jobs) == {"train", "evaluate", "report", "all"}
+
+
+def test_split_parameter_keeps_graph_and_embeddings(workflow):
+    changed = {**TINY, "split": {"seed": 5}}
+    jobs = scheduled(snakemake(workflow, "-n", config=changed))
+    assert set(jobs) == {"split", "train", "evaluate", "report", "all"}
 
 
 def test_graph_parameter_keeps_annotation_and_embeddings(workflow):
