@@ -14,12 +14,14 @@ report: "workflow/report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/simulate.smk"
+include: "rules/dataset.smk"
 include: "rules/annotate.smk"
 include: "rules/describe.smk"
 include: "rules/embed.smk"
 include: "rules/graph.smk"
 include: "rules/split.smk"
 include: "rules/train.smk"
+include: "rules/network.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
@@ -28,4 +30,5 @@ rule all:
     input:
         f"{RESULTS}/report/summary.md",
         f"{RESULTS}/evaluate/metrics.tsv",
+        network_targets(),
     default_target: True

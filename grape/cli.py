@@ -28,11 +28,18 @@ STAGES: dict[str, str] = {
     "describe": "one description text per gene, with its source",
     "embed": "text (language model) and DNA (k-mer profile) features per gene, cached by content",
     "graph": "assemble the biotype heterograph (PyTorch Geometric HeteroData)",
-    "split": "seeded train / validation / test split of the conditions (GEARS simulation split)",
-    "train": "train the heterogeneous GNN on the training conditions",
+    "split": "seeded train / validation / test split: GEARS simulation, a user table, or leave one gene out",
+    "train": "train GRAPE (or an ablation) on the training conditions; export its learned network",
+    "network": "precision at k of learned and prior networks against a true network (demo)",
     "evaluate": "GEARS metrics of the model and baselines on the test conditions",
     "report": "Markdown summary of the metrics",
+    "ensembl": "download an Ensembl release's GTF / cDNA / ncRNA FASTA (reliable, resumable)",
+    "dataset": "download, extract or subset a perturbation dataset (download | extract | subset)",
 }
+
+# Stages whose module parses its own command line (sub-commands): `grape <stage> ...` hands
+# the arguments to ``module.main``.
+OWN_PARSER: dict[str, str] = {"ensembl": "grape.ensembl", "dataset": "grape.datasets"}
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     stage = argv[0]
     if stage not in STAGES:
         top.parse_args(argv)  # exits with argparse's "invalid choice" message
+    if stage in OWN_PARSER:
+        return int(importlib.import_module(OWN_PARSER[stage]).main(argv[1:]) or 0)
     parser, module = build_stage_parser(stage)
     ns = vars(parser.parse_args(argv[1:]))
     logging.basicConfig(

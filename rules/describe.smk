@@ -1,17 +1,18 @@
 rule describe:
     input:
+        unpack(description_inputs),
         genes=rules.annotate.output.genes,
         missing=rules.annotate.output.missing,
-        table=description_table(),
-        code=code("describe"),
+        code=code("describe", "ncbi", "download"),
     output:
         f"{RESULTS}/describe/descriptions.tsv",
     params:
-        options=opts("describe"),
+        sources=description_args,
+        options=opts("describe", "download"),
     log:
         f"{LOGS}/describe.log",
     conda:
         "../envs/annotate.yaml"
     shell:
-        "python -m grape describe --genes {input.genes} --missing {input.missing} --table {input.table}"
+        "python -m grape describe --genes {input.genes} --missing {input.missing} {params.sources}"
         " --out {output} {params.options} > {log} 2>&1"

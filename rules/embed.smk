@@ -1,25 +1,75 @@
-rule embed:
+# Embeddings in embed.shards jobs: plan (genes split by work), one job per shard (a GPU each
+# when embed.gpus_per_job is 1), and a merge into the text.npz / dna.npz the graph reads.
+# All shards share the content-keyed cache under resources/embeddings.
+
+
+localrules:
+    embed_plan,
+    embed,
+
+
+rule embed_plan:
     input:
         descriptions=rules.describe.output[0],
         sequences=rules.annotate.output.fasta,
         code=code("embed"),
     output:
-        text=f"{RESULTS}/embed/text.npz",
-        dna=f"{RESULTS}/embed/dna.npz",
+        expand(f"{RESULTS}/embed/shards/genes.{{shard}}.txt", shard=range(config["embed"]["shards"])),
     params:
         options=opts("embed"),
-        cache="resources/embeddings",
     log:
-        f"{LOGS}/embed.log",
-    benchmark:
-        f"{BENCH}/embed.tsv"
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=60,
+        f"{LOGS}/embed_plan.log",
     conda:
         "../envs/grape.yaml"
     shell:
         "python -m grape embed --descriptions {input.descriptions} --sequences {input.sequences}"
-        " --cache-dir {params.cache} --text-out {output.text} --dna-out {output.dna}"
+        " --plan-out {output} {params.options} > {log} 2>&1"
+
+
+rule embed_shard:
+    input:
+        descriptions=rules.describe.output[0],
+        sequences=rules.annotate.output.fasta,
+        genes=f"{RESULTS}/embed/shards/genes.{{shard}}.txt",
+        code=code("embed", "embed_cache", "embed_models"),
+    output:
+        text=f"{RESULTS}/embed/shards/text.{{shard}}.npz",
+        dna=f"{RESULTS}/embed/shards/dna.{{shard}}.npz",
+    wildcard_constraints:
+        shard=r"\d+",
+    params:
+        options=opts("embed"),
+        cache="resources/embeddings",
+    log:
+        f"{LOGS}/embed_shard.{{shard}}.log",
+    benchmark:
+        f"{BENCH}/embed_shard.{{shard}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=config["embed"]["gpus_per_job"],
+    conda:
+        "../envs/grape.yaml"
+    shell:
+        "python -m grape embed --descriptions {input.descriptions} --sequences {input.sequences}"
+        " --genes {input.genes} --cache-dir {params.cache} --text-out {output.text} --dna-out {output.dna}"
         " --threads {threads} {params.options} > {log} 2>&1"
+
+
+rule embed:
+    input:
+        descriptions=rules.describe.output[0],
+        text=expand(f"{RESULTS}/embed/shards/text.{{shard}}.npz", shard=range(config["embed"]["shards"])),
+        dna=expand(f"{RESULTS}/embed/shards/dna.{{shard}}.npz", shard=range(config["embed"]["shards"])),
+        code=code("embed"),
+    output:
+        text=f"{RESULTS}/embed/text.npz",
+        dna=f"{RESULTS}/embed/dna.npz",
+    log:
+        f"{LOGS}/embed.log",
+    conda:
+        "../envs/grape.yaml"
+    shell:
+        "python -m grape embed --descriptions {input.descriptions} --text-parts {input.text}"
+        " --dna-parts {input.dna} --text-out {output.text} --dna-out {output.dna} > {log} 2>&1"

@@ -3,7 +3,7 @@ rule evaluate:
         dataset=dataset_path(),
         predictions=expand(rules.train.output.predictions, variant=VARIANTS),
         split=rules.split.output[0],
-        code=code("evaluate", "metrics", "de", "data", "split"),
+        code=code("evaluate", "metrics", "baselines", "de", "data", "split"),
     output:
         metrics=report(
             f"{RESULTS}/evaluate/metrics.tsv",
@@ -15,14 +15,21 @@ rule evaluate:
             caption="../workflow/report/per_condition.rst",
             category="Evaluation",
         ),
-        summary=f"{RESULTS}/evaluate/metrics.json",
+        summary=report(
+            f"{RESULTS}/evaluate/metrics.json",
+            caption="../workflow/report/metrics_json.rst",
+            category="Evaluation",
+        ),
+        predictions=f"{RESULTS}/evaluate/test_predictions.h5ad",
     params:
         options=opts("dataset", "evaluate"),
+        run_config=run_config_json,
         out_dir=out_dir,
     log:
         f"{LOGS}/evaluate.log",
     conda:
         "../envs/grape.yaml"
     shell:
-        "python -m grape evaluate --dataset {input.dataset} --predictions {input.predictions}"
-        " --split {input.split} --out-dir {params.out_dir} {params.options} > {log} 2>&1"
+        "printf '%s' {params.run_config:q} | python -m grape evaluate --dataset {input.dataset}"
+        " --predictions {input.predictions} --split {input.split} --run-config -"
+        " --out-dir {params.out_dir} {params.options} > {log} 2>&1"

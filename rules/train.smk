@@ -3,7 +3,7 @@ rule train:
         dataset=dataset_path(),
         graph=rules.graph.output[0],
         split=rules.split.output[0],
-        code=code("train", "model", "split", "data", "graph", "embed"),
+        code=code("train", "model", "split", "data", "graph", "embed", "network"),
     output:
         model=f"{RESULTS}/train/{{variant}}/model.safetensors",
         model_config=f"{RESULTS}/train/{{variant}}/model.yaml",
@@ -14,6 +14,12 @@ rule train:
             subcategory="{variant}",
         ),
         predictions=f"{RESULTS}/train/{{variant}}/predictions.h5ad",
+        network=report(
+            f"{RESULTS}/train/{{variant}}/network.tsv",
+            caption="../workflow/report/network_export.rst",
+            category="Training",
+            subcategory="{variant}",
+        ),
     params:
         options=train_options,
         out_dir=out_dir,

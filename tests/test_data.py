@@ -120,3 +120,46 @@ def test_pseudobulk_hand_computed(tmp_path, sparse):
         index=["A+ctrl", "B+A", "ctrl"], columns=["e1", "e2", "e3"],
     )
     np.testing.assert_allclose(means.to_numpy(), expected.to_numpy())
+
+
+# --------------------------------------------------------------------------- pseudobulk input
+
+
+def bulk(tmp_path, *, conditions, x, name="bulk.h5ad"):
+    obs = pd.DataFrame({"condition": conditions}, index=[f"r{i}" for i in range(len(conditions))])
+    return write(tmp_path, obs=obs, x=np.asarray(x, dtype=np.float32), name=name)
+
+
+def test_pseudobulk_relative_without_control_adds_a_zero_row(tmp_path):
+    opts = DatasetOptions(level="pseudobulk", relative=True)
+    path = bulk(tmp_path, conditions=["A+ctrl", "A+B"], x=[[-1.0, 0.5, 0.0], [-2.0, 1.0, -0.5]])
+    means = pseudobulk(read_dataset(path, options=opts), options=opts)
+    assert means.index.tolist() == ["A+B", "A+ctrl", "ctrl"]
+    np.testing.assert_array_equal(means.loc["ctrl"].to_numpy(), 0.0)
+    np.testing.assert_allclose((means - means.loc["ctrl"]).loc["A+B"].to_numpy(), [-2.0, 1.0, -0.5])
+
+
+def test_pseudobulk_absolute_needs_control(tmp_path):
+    path = bulk(tmp_path, conditions=["A+ctrl", "A+B"], x=np.ones((2, 3)))
+    with pytest.raises(DatasetError, match="no control cells labelled 'ctrl'"):
+        read_dataset(path, options=DatasetOptions(level="pseudobulk"))
+
+
+def test_pseudobulk_one_row_per_condition(tmp_path):
+    path = bulk(tmp_path, conditions=["ctrl", "A+ctrl", "A+ctrl"], x=np.ones((3, 3)))
+    with pytest.raises(DatasetError, match=r"pseudobulk but conditions have several rows: A\+ctrl"):
+        read_dataset(path, options=DatasetOptions(level="pseudobulk"))
+
+
+def test_relative_needs_pseudobulk_and_known_level():
+    with pytest.raises(ValueError, match="dataset.relative requires dataset.level: pseudobulk"):
+        DatasetOptions(relative=True)
+    with pytest.raises(ValueError, match="dataset.level must be one of cells, pseudobulk"):
+        DatasetOptions(level="bulk")
+
+
+def test_empty_dataset(tmp_path):
+    obs = pd.DataFrame({"condition": pd.Series([], dtype=str)}, index=pd.Index([], dtype=str))
+    path = write(tmp_path, obs=obs, x=np.zeros((0, 3), dtype=np.float32))
+    with pytest.raises(DatasetError, match="empty dataset"):
+        read_dataset(path, options=OPTS)

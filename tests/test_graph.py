@@ -10,7 +10,17 @@ import torch
 
 from grape import graph
 from grape.embed import _save
-from grape.graph import Options, build_graph, load_graph, prior_edges, save_graph, standardize, topk_similar
+from grape.graph import (
+    Options,
+    build_graph,
+    coexpression_edges,
+    load_graph,
+    merge_edges,
+    prior_edges,
+    save_graph,
+    standardize,
+    topk_similar,
+)
 
 
 def unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
@@ -48,6 +58,17 @@ def test_topk_chunked_equals_dense(chunk_size):
     assert not (idx == torch.arange(20).unsqueeze(1)).any()
 
 
+def test_topk_absolute_ranks_by_magnitude_and_keeps_sign():
+    x = unit_rows(15, 4, seed=3)
+    idx, val = topk_similar(x, 3, chunk_size=4, absolute=True)
+    dense = x @ x.T
+    dense.fill_diagonal_(0.0)
+    top = dense.abs().topk(3, dim=1)
+    torch.testing.assert_close(idx, top.indices, rtol=0, atol=0)
+    torch.testing.assert_close(val, dense.gather(1, top.indices))
+    assert (val < 0).any()
+
+
 def test_topk_caps_k_at_n_minus_one():
     idx, _ = topk_similar(unit_rows(4, 3, seed=2), 10, chunk_size=2)
     assert idx.shape == (4, 3)
@@ -58,40 +79,45 @@ def test_topk_caps_k_at_n_minus_one():
 # --------------------------------------------------------------------------- prior edges
 
 
-def dense_fused(mods: list[torch.Tensor]) -> torch.Tensor:
+def dense_fused(mods: list[torch.Tensor], min_sim: float, fusion: str = "mean") -> torch.Tensor:
+    """Dense reference: per-modality cosine, thresholded at min_sim (below -> 0), fused."""
     sims = []
     for m in mods:
         x = m.double() - m.double().mean(0, keepdim=True)
         x = x / x.norm(dim=1, keepdim=True)
-        sims.append(x @ x.T)
-    return torch.stack(sims).mean(0)  # symmetric: [src, dst] == [dst, src]
+        s = x @ x.T
+        sims.append(torch.where(s >= min_sim, s, torch.zeros_like(s)))
+    stacked = torch.stack(sims)
+    return stacked.mean(0) if fusion == "mean" else stacked.max(0).values  # symmetric
 
 
 def test_prior_edges_properties_and_weights():
     text, dna = features()
     mods = [torch.from_numpy(text), torch.from_numpy(dna)]
-    top_k, min_sim = 3, 0.6
+    top_k, min_sim = 3, 0.9
     edge_index, weight = prior_edges(mods, top_k=top_k, min_similarity=min_sim, chunk_size=6)
     src, dst = edge_index
     assert 20 < edge_index.shape[1] < 20 * top_k  # the threshold binds for some targets
     assert not (src == dst).any()
     assert torch.bincount(dst, minlength=20).max() <= top_k
-    assert (weight >= min_sim).all()
+    # an edge needs at least one modality above the threshold: mean fusion gives >= min_sim / 2
+    assert (weight >= min_sim / 2 - 1e-6).all()
     # no duplicate edges
     assert len({(int(s), int(d)) for s, d in zip(src, dst)}) == edge_index.shape[1]
-    fused = dense_fused(mods)
+    fused = dense_fused(mods, min_sim)
     torch.testing.assert_close(weight.double(), fused[src, dst], atol=1e-5, rtol=0)
 
 
-def test_prior_edges_equal_dense_selection():
+@pytest.mark.parametrize("fusion", ["mean", "max"])
+def test_prior_edges_equal_dense_selection(fusion):
     text, dna = features(n=12, seed=3)
     mods = [torch.from_numpy(text), torch.from_numpy(dna)]
     top_k, min_sim = 3, 0.1
-    edge_index, _ = prior_edges(mods, top_k=top_k, min_similarity=min_sim, chunk_size=5)
+    edge_index, _ = prior_edges(mods, top_k=top_k, min_similarity=min_sim, chunk_size=5, fusion=fusion)
     got = {(int(s), int(d)) for s, d in edge_index.T}
     assert len(got) > 12
     # dense reference: candidates = union of each modality's top_k neighbours of every target
-    fused = dense_fused(mods)
+    fused = dense_fused(mods, min_sim, fusion)
     expected = set()
     for dst in range(12):
         cands = set()
@@ -100,7 +126,7 @@ def test_prior_edges_equal_dense_selection():
             s = x @ x[dst]
             s[dst] = -np.inf
             cands.update(s.topk(top_k).indices.tolist())
-        kept = sorted((c for c in cands if fused[c, dst] >= min_sim), key=lambda c: -fused[c, dst])[:top_k]
+        kept = sorted((c for c in cands if fused[c, dst] > 0), key=lambda c: -fused[c, dst])[:top_k]
         expected.update((c, dst) for c in kept)
     assert got == expected
 
@@ -109,6 +135,42 @@ def test_min_similarity_above_all_gives_no_edges():
     text, dna = features(n=10)
     edge_index, weight = prior_edges([torch.from_numpy(text), torch.from_numpy(dna)], top_k=3, min_similarity=1.01)
     assert edge_index.shape == (2, 0) and weight.shape == (0,)
+
+
+def test_coexpression_edges_match_dense_correlation():
+    g = torch.Generator().manual_seed(4)
+    values = torch.randn(9, 12, generator=g)
+    values[:, 3] = -values[:, 5] + 0.01 * torch.randn(9, generator=g)  # strongly anti-correlated pair
+    nodes = torch.arange(12) + 100  # gene column -> node id
+    edge_index, weight = coexpression_edges(values, nodes, top_k=2, min_similarity=0.3, chunk_size=5)
+    corr = torch.corrcoef(values.T)
+    corr.fill_diagonal_(0.0)
+    top = corr.abs().topk(2, dim=1)
+    expected = {(int(top.indices[t, j]) + 100, t + 100) for t in range(12) for j in range(2)
+                if corr[t, top.indices[t, j]].abs() >= 0.3}
+    got = {(int(s), int(d)) for s, d in edge_index.T}
+    assert got == expected
+    assert (105, 103) in got and (103, 105) in got
+    for (s, d), w in zip(edge_index.T, weight):
+        assert float(w) == pytest.approx(float(corr[int(d) - 100, int(s) - 100].abs()), abs=1e-5)
+
+
+def test_coexpression_needs_three_conditions():
+    edge_index, weight = coexpression_edges(torch.randn(2, 5), torch.arange(5), top_k=2, min_similarity=0.0)
+    assert edge_index.shape == (2, 0) and weight.shape == (0,)
+
+
+def test_merge_edges_keeps_largest_weight():
+    a = (torch.tensor([[0, 1], [1, 2]]), torch.tensor([0.5, 0.2]))
+    b = (torch.tensor([[0, 2], [1, 0]]), torch.tensor([0.7, 0.3]))
+    index, weight = merge_edges([a, b], 3)
+    got = {(int(s), int(d)): float(w) for (s, d), w in zip(index.T, weight)}
+    assert got == pytest.approx({(0, 1): 0.7, (1, 2): 0.2, (2, 0): 0.3})
+
+
+def test_unknown_fusion_is_refused():
+    with pytest.raises(ValueError, match="graph.fusion"):
+        Options(fusion="median")
 
 
 # --------------------------------------------------------------------------- build
@@ -169,7 +231,8 @@ def test_save_load_round_trip_is_safetensors(tmp_path):
     text, dna = features()
     data = build_graph(nodes, text, dna, options=Options(top_k=3, min_similarity=0.1))
     path = tmp_path / "graph.safetensors"
-    save_graph(path, data, genes=nodes["gene"].tolist(), biotypes=nodes["biotype"].tolist())
+    save_graph(path, data, genes=nodes["gene"].tolist(), biotypes=nodes["biotype"].tolist(),
+               options=Options(top_k=3, min_similarity=0.1))
 
     raw = path.read_bytes()
     assert not raw.startswith(b"\x80")  # not a pickle
@@ -179,6 +242,7 @@ def test_save_load_round_trip_is_safetensors(tmp_path):
     assert json.loads(header["__metadata__"]["genes"]) == nodes["gene"].tolist()
 
     loaded = load_graph(path)
+    assert loaded.options["top_k"] == 3 and loaded.options["fusion"] == "mean"
     assert loaded.genes == nodes["gene"].tolist()
     assert loaded.biotypes == nodes["biotype"].tolist()
     assert loaded.data.node_types == data.node_types

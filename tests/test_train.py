@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from grape import split, train
@@ -17,20 +19,22 @@ N_GENES = 30
 GENES = [f"G{i:02d}" for i in range(N_GENES)]
 SINGLES = GENES[:12]
 DOUBLES = [(SINGLES[i], SINGLES[(i * 5 + 3) % 12]) for i in range(6)]
-OPTIONS = train.Options(epochs=15, patience=10, hidden=16, batch_size=8, layers=2, device="cpu", seed=0)
+OPTIONS = train.Options(epochs=15, patience=10, hidden=16, batch_size=8, layers=2, device="cpu", seed=0,
+                        pretrain_epochs=3, gsl_k=4, gsl_heads=2, network_k=3)
 
 
 def conditions(extra: tuple[str, ...] = ()) -> list[str]:
     return ["ctrl", *[f"{g}+ctrl" for g in SINGLES], *[f"{a}+{b}" for a, b in DOUBLES], *extra]
 
 
-def make_dataset(path: Path, *, extra_conditions: tuple[str, ...] = (), cells: int = 8, seed: int = 0) -> ad.AnnData:
+def make_dataset(path: Path, *, extra_conditions: tuple[str, ...] = (), cells: int = 8, seed: int = 0,
+                 genes: list[str] = GENES) -> ad.AnnData:
     rng = np.random.default_rng(seed)
     conds = conditions(extra_conditions)
     labels = np.repeat(conds, cells)
-    base = rng.uniform(2.0, 5.0, size=N_GENES)
-    x = base + 0.1 * rng.normal(size=(len(labels), N_GENES))
-    index = {g: i for i, g in enumerate(GENES)}
+    base = rng.uniform(2.0, 5.0, size=len(genes))
+    x = base + 0.1 * rng.normal(size=(len(labels), len(genes)))
+    index = {g: i for i, g in enumerate(genes)}
     for row, cond in enumerate(labels):
         for gene in cond.split("+"):
             if gene in index:
@@ -38,7 +42,7 @@ def make_dataset(path: Path, *, extra_conditions: tuple[str, ...] = (), cells: i
     adata = ad.AnnData(
         X=x.astype(np.float32),
         obs=pd.DataFrame({"condition": labels, "cell_type": "demo"}, index=[f"c{i}" for i in range(len(labels))]),
-        var=pd.DataFrame({"gene_name": GENES}, index=[f"ENSG{i:05d}" for i in range(N_GENES)]),
+        var=pd.DataFrame({"gene_name": genes}, index=[f"ENSG{i:05d}" for i in range(len(genes))]),
     )
     adata.write_h5ad(path)
     return adata
@@ -52,8 +56,9 @@ def make_graph(path: Path, genes: list[str], seed: int = 0) -> None:
     text = (base @ rng.normal(size=(3, 10)) + 0.3 * rng.normal(size=(n, 10))).astype(np.float32)
     dna = (base @ rng.normal(size=(3, 6)) + 0.3 * rng.normal(size=(n, 6))).astype(np.float32)
     nodes = pd.DataFrame({"gene": genes, "biotype": biotypes})
-    data = build_graph(nodes, text, dna, options=GraphOptions(top_k=4, min_similarity=0.0))
-    save_graph(path, data, genes=genes, biotypes=biotypes)
+    opts = GraphOptions(top_k=4, min_similarity=0.0)
+    data = build_graph(nodes, text, dna, options=opts)
+    save_graph(path, data, genes=genes, biotypes=biotypes, options=opts)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +81,7 @@ def trained(inputs, tmp_path_factory) -> Path:
 
 def test_run_writes_all_outputs(trained, inputs):
     _, _, adata = inputs
-    for name in ("model.safetensors", "model.yaml", "history.tsv", "predictions.h5ad"):
+    for name in ("model.safetensors", "model.yaml", "history.tsv", "predictions.h5ad", "network.tsv"):
         assert (trained / name).is_file(), name
 
     split = pd.read_csv(inputs[0].parent / "split.tsv", sep="\t")
@@ -85,8 +90,9 @@ def test_run_writes_all_outputs(trained, inputs):
     assert set(split["split"]) == {"train", "val", "test"}
 
     meta = yaml.safe_load((trained / "model.yaml").read_text())
-    assert meta["model"] == "PerturbationHGNN"
+    assert meta["model"] == "GRAPE" and meta["variant"] == "full"
     assert meta["options"]["hidden"] == 16 and meta["options"]["epochs"] == 15
+    assert meta["relations"] == [[s, "to", d] for s in ("coding", "noncoding") for d in ("coding", "noncoding")]
     assert meta["num_nodes"] == N_GENES + 2
     assert 1 <= meta["best_epoch"] <= 15
 
@@ -96,7 +102,8 @@ def test_run_writes_all_outputs(trained, inputs):
     assert state["gene_weight"].shape == (N_GENES + 2, 16)
 
     history = pd.read_csv(trained / "history.tsv", sep="\t")
-    assert list(history.columns) == ["epoch", "train_mse", "val_mse", "seconds"]
+    assert list(history.columns) == ["epoch", "train_loss", "train_mse", "train_graph", "val_mse",
+                                     "val_pearson_delta", "lr", "seconds"]
     assert history["epoch"].tolist() == list(range(1, len(history) + 1))
 
     pred = ad.read_h5ad(trained / "predictions.h5ad")
@@ -158,3 +165,121 @@ def test_measured_gene_absent_from_graph(tmp_path, monkeypatch):
         train.run(options=OPTIONS, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
                   split=tmp_path / "split.tsv", out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_model_reloads_from_state_dict_and_yaml(trained, inputs):
+    dataset, graph, adata = inputs
+    model = train.load_model(trained / "model.yaml", trained / "model.safetensors")
+    loaded = train.load_graph(graph)
+    problem = train.build_problem(adata, loaded, options=OPTIONS)
+    control = np.zeros(len(loaded.genes), dtype=np.float32)
+    flag = np.zeros(len(loaded.genes), dtype=np.float32)
+    control[problem.measured_nodes.numpy()] = problem.control
+    flag[problem.measured_nodes.numpy()] = 1.0
+    tensors = train.graph_tensors(loaded, control, flag)
+    again = train.predict(model, problem, tensors, device="cpu")
+    pred = ad.read_h5ad(trained / "predictions.h5ad")
+    np.testing.assert_allclose(again, np.asarray(pred.X), atol=1e-5)
+
+
+def test_network_export_lists_top_k_incoming_edges(trained):
+    net = pd.read_csv(trained / "network.tsv", sep="\t")
+    assert list(net.columns) == ["source", "target", "source_biotype", "target_biotype", "source_type",
+                                 "target_type", "weight", "effect", "attention", "graph_weight", "origin"]
+    assert net.groupby("target").size().max() <= 3
+    assert (net["source"] != net["target"]).all()
+    assert set(net["origin"]) <= {"prior", "learned", "both"}
+    assert set(net["source_type"]) <= {"coding", "noncoding"}
+    assert ((net["attention"] > 0) & (net["attention"] <= 1 + 1e-6)).all()
+    assert np.allclose(net["weight"], net["effect"].abs())
+    assert set(net["target_biotype"]) <= {"protein_coding", "lncRNA"}
+
+
+def test_ablations_apply_overrides():
+    for name, overrides in train.ABLATIONS.items():
+        resolved = train.Options(ablation=name).resolved()
+        for key, value in overrides.items():
+            assert getattr(resolved, key) == value, name
+    assert train.Options().resolved() == train.Options()
+    with pytest.raises(ValueError, match="unknown ablation 'no_model'"):
+        train.Options(ablation="no_model")
+    with pytest.raises(ValueError, match="train.optimizer"):
+        train.Options(optimizer="lbfgs")
+
+
+@pytest.mark.parametrize("ablation", ["no_gsl", "text_only"])
+def test_ablation_runs_and_is_recorded(inputs, tmp_path, ablation):
+    dataset, graph, _ = inputs
+    opts = dataclasses.replace(OPTIONS, epochs=3, ablation=ablation)
+    train.run(options=opts, dataset=dataset, graph=graph, split=dataset.parent / "split.tsv", out_dir=tmp_path)
+    meta = yaml.safe_load((tmp_path / "model.yaml").read_text())
+    assert meta["variant"] == ablation
+    assert meta["model_config"]["gsl"] is (ablation != "no_gsl")
+    assert meta["model_config"]["modalities"] == (["text"] if ablation == "text_only" else ["text", "dna"])
+    net = pd.read_csv(tmp_path / "network.tsv", sep="\t")
+    if ablation == "no_gsl":
+        assert set(net["origin"]) == {"prior"}
+
+
+def test_coexpression_uses_training_conditions_only(inputs):
+    _, graph, adata = inputs
+    loaded = train.load_graph(graph)
+    problem = train.build_problem(adata, loaded, options=OPTIONS)
+    tensors = train.graph_tensors(loaded, np.zeros(len(loaded.genes), np.float32), np.ones(len(loaded.genes), np.float32))
+    opts = dataclasses.replace(OPTIONS, coexpression_k=3, coexpression_min=0.0)
+    train_conds = problem.conditions[::2]
+    a = train.add_coexpression(tensors, problem, train_conds, options=opts)
+    # scrambling every other condition's values leaves the edges unchanged
+    held = [i for i, c in enumerate(problem.conditions) if c not in set(train_conds)]
+    scrambled = problem.delta.clone()
+    scrambled[held] = torch.randn(len(held), scrambled.shape[1])
+    b = train.add_coexpression(tensors, dataclasses.replace(problem, delta=scrambled), train_conds, options=opts)
+    assert torch.equal(a.edge_index, b.edge_index) and torch.equal(a.edge_weight, b.edge_weight)
+    assert a.edge_index.shape[1] > tensors.edge_index.shape[1]
+    # ... while scrambling training conditions changes them
+    c = train.add_coexpression(tensors, dataclasses.replace(problem, delta=torch.randn_like(problem.delta)),
+                               train_conds, options=opts)
+    assert not torch.equal(a.edge_index, c.edge_index)
+
+
+def test_perturbed_gene_that_is_not_measured_gets_a_node(tmp_path):
+    # X1 is perturbed but not measured: it is a graph node without expression
+    make_dataset(tmp_path / "data.h5ad", extra_conditions=("X1+ctrl", "X1+G01"))
+    make_graph(tmp_path / "graph.safetensors", [*GENES, "X1"])
+    split.run(options=split.Options(seed=1), dataset=tmp_path / "data.h5ad", out=tmp_path / "split.tsv")
+    opts = dataclasses.replace(OPTIONS, epochs=2)
+    train.run(options=opts, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
+              split=tmp_path / "split.tsv", out_dir=tmp_path / "out")
+    pred = ad.read_h5ad(tmp_path / "out" / "predictions.h5ad")
+    assert {"X1+ctrl", "X1+G01"} <= set(pred.obs_names)
+    assert pred.n_vars == N_GENES
+    assert not np.allclose(np.asarray(pred["X1+ctrl"].X), np.asarray(pred["X1+G01"].X))
+
+
+def test_pseudobulk_relative_input_trains(tmp_path, inputs):
+    """One row per condition, X already relative to control (negative values), no control row."""
+    dataset, graph, adata = inputs
+    means = train.pseudobulk(adata, options=OPTIONS)
+    delta = (means - means.loc["ctrl"]).drop(index="ctrl")
+    bulk = ad.AnnData(X=delta.to_numpy(np.float32),
+                      obs=pd.DataFrame({"condition": delta.index, "cell_type": "demo"}, index=delta.index),
+                      var=adata.var.copy())
+    assert (bulk.X < 0).any()
+    bulk.write_h5ad(tmp_path / "bulk.h5ad")
+    opts = dataclasses.replace(OPTIONS, epochs=2, level="pseudobulk", relative=True)
+    train.run(options=opts, dataset=tmp_path / "bulk.h5ad", graph=graph, split=dataset.parent / "split.tsv",
+              out_dir=tmp_path / "out")
+    pred = ad.read_h5ad(tmp_path / "out" / "predictions.h5ad")
+    assert pred.shape == (len(delta), N_GENES)
+    # relative input: the control is zero, so predictions are changes of small size
+    assert np.abs(np.asarray(pred.X)).mean() < 1.0
+
+
+def test_select_on_validation_pearson(inputs, tmp_path):
+    dataset, graph, _ = inputs
+    opts = dataclasses.replace(OPTIONS, epochs=6, select_metric="val_pearson_delta", schedule="plateau",
+                               optimizer="adam", loss_direction=0.5)
+    train.run(options=opts, dataset=dataset, graph=graph, split=dataset.parent / "split.tsv", out_dir=tmp_path)
+    history = pd.read_csv(tmp_path / "history.tsv", sep="\t")
+    meta = yaml.safe_load((tmp_path / "model.yaml").read_text())
+    assert meta["best_epoch"] == int(history.loc[history["val_pearson_delta"].idxmax(), "epoch"])

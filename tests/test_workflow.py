@@ -24,7 +24,8 @@ TINY = {
     "simulate": {"n_genes": 80, "n_modules": 3, "n_singles": 12, "n_doubles": 6,
                  "cells_per_condition": 15, "control_cells": 60},
     "graph": {"top_k": 5},
-    "train": {"epochs": 30, "patience": 15, "hidden": 16, "batch_size": 8},
+    "train": {"epochs": 30, "patience": 15, "hidden": 16, "batch_size": 8, "pretrain_epochs": 5,
+              "ablations": ["no_gsl"]},  # one ablation: the variant wildcard end to end
 }
 
 pytestmark = pytest.mark.slow
@@ -71,12 +72,16 @@ def test_end_to_end_outputs(workflow):
                 "describe/descriptions.tsv", "embed/text.npz", "embed/dna.npz", "graph/graph.safetensors",
                 "split/split.tsv", "train/full/model.safetensors", "train/full/model.yaml",
                 "train/full/history.tsv", "train/full/predictions.h5ad", "evaluate/metrics.tsv", "evaluate/per_condition.tsv",
-                "evaluate/metrics.json", "report/summary.md"):
+                "evaluate/metrics.json", "report/summary.md", "train/full/network.tsv", "train/no_gsl/predictions.h5ad",
+                "train/no_gsl/network.tsv", "network/recovery.tsv"):
         assert (results / rel).stat().st_size > 0, rel
-    for stage in ("annotate", "describe", "embed", "graph", "split", "train_full", "evaluate", "report"):
+    for stage in ("annotate", "describe", "embed", "graph", "split", "train_full", "train_no_gsl", "network",
+                  "evaluate", "report"):
         assert (workflow / "logs" / "tiny" / f"{stage}.log").exists()
     metrics = pd.read_csv(results / "evaluate" / "metrics.tsv", sep="\t")
-    assert set(metrics["model"]) == {"grape", "mean", "no_change"}
+    assert {"grape", "grape_no_gsl", "no_change", "mean", "additive", "linear"} <= set(metrics["model"])
+    recovery = pd.read_csv(results / "network" / "recovery.tsv", sep="\t")
+    assert {"prior", "learned", "learned_no_gsl", "random"} == set(recovery["graph"])
     overall = metrics[metrics["subgroup"] == "all"].set_index(["model", "metric"])["value"]
     # the model predicts changes (not the control): its delta correlation is defined
     assert pd.notna(overall[("grape", "pearson_delta")])
@@ -93,19 +98,19 @@ def test_nothing_to_do_after_a_run(workflow):
 def test_training_parameter_reruns_training_and_later_only(workflow):
     changed = {**TINY, "train": {**TINY["train"], "epochs": 31}}
     jobs = scheduled(snakemake(workflow, "-n", config=changed))
-    assert set(jobs) == {"train", "evaluate", "report", "all"}
+    assert set(jobs) == {"train", "network", "evaluate", "report", "all"}
 
 
 def test_split_parameter_keeps_graph_and_embeddings(workflow):
     changed = {**TINY, "split": {"seed": 5}}
     jobs = scheduled(snakemake(workflow, "-n", config=changed))
-    assert set(jobs) == {"split", "train", "evaluate", "report", "all"}
+    assert set(jobs) == {"split", "train", "network", "evaluate", "report", "all"}
 
 
 def test_graph_parameter_keeps_annotation_and_embeddings(workflow):
     changed = {**TINY, "graph": {"top_k": 6}}
     jobs = scheduled(snakemake(workflow, "-n", config=changed))
-    assert set(jobs) == {"graph", "train", "evaluate", "report", "all"}
+    assert set(jobs) == {"graph", "train", "network", "evaluate", "report", "all"}
 
 
 def test_editing_the_model_module_reruns_training_only(workflow):
@@ -117,7 +122,7 @@ def test_editing_the_model_module_reruns_training_only(workflow):
     finally:
         model.write_text(original)
         os.utime(model, (0, 0))  # older than the outputs again
-    assert set(jobs) == {"train", "evaluate", "report", "all"}
+    assert set(jobs) == {"train", "network", "evaluate", "report", "all"}
 
 
 def test_lint_is_clean():

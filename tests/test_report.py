@@ -1,0 +1,204 @@
+"""The report stage (summary and plots) and the Snakemake HTML report of a tiny demo run."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from grape import report
+from grape.evaluate import summarize as summarize_metrics
+from grape.metrics import HEADLINE, METRICS
+from grape.plots import degree_by_pair, network_columns
+
+REPO = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- stage inputs built here
+
+
+def evaluation_outputs(tmp_path: Path) -> dict[str, Path]:
+    """What `grape evaluate` writes, for 4 test conditions, 12 genes and three models."""
+    rng = np.random.default_rng(0)
+    conds = ["A+ctrl", "B+ctrl", "A+B", "C+D"]
+    subgroups = ["unseen_single", "unseen_single", "combo_seen2", "combo_seen0"]
+    genes = [f"g{i}" for i in range(12)]
+    control = rng.uniform(1, 2, size=12)
+    truth = control + rng.normal(size=(4, 12))
+    layers = {"grape": truth + 0.3 * rng.normal(size=truth.shape), "no_change": np.tile(control, (4, 1)),
+              "additive": truth + 0.1 * rng.normal(size=truth.shape)}
+    table = ad.AnnData(X=truth, obs=pd.DataFrame({"subgroup": subgroups}, index=conds),
+                       var=pd.DataFrame({"gene_name": [g.upper() for g in genes], "control_mean": control},
+                                        index=genes),
+                       layers=layers, obsm={"de_ranked": np.tile(np.arange(12), (4, 1))})
+    table.uns["models"] = list(layers)
+    table.write_h5ad(tmp_path / "test_predictions.h5ad")
+    rows = []
+    for model in layers:
+        for cond, group in zip(conds, subgroups):
+            rows.append({"model": model, "condition": cond, "subgroup": group,
+                         **{m: float(rng.uniform()) for m in METRICS}})
+    per = pd.DataFrame(rows)
+    per.to_csv(tmp_path / "per_condition.tsv", sep="\t", index=False)
+    summarize_metrics(per).to_csv(tmp_path / "metrics.tsv", sep="\t", index=False)
+    (tmp_path / "metrics.json").write_text(json.dumps({
+        "grape_version": "0.1.0", "options": {"baseline_splits": ["train", "val"]},
+        "baselines": {"additive": {"test_conditions": {"all_singles_seen": 1, "some_singles_seen": 0,
+                                                       "no_single_seen": 3}}},
+        "provenance": {"dataset": {"path": "data.h5ad", "sha256": "ab" * 32}}}))
+    for variant in ("full", "no_gsl"):
+        folder = tmp_path / "train" / variant
+        folder.mkdir(parents=True)
+        pd.DataFrame({"epoch": [1, 2, 3], "train_mse": [1.0, 0.5, 0.4], "val_mse": [1.1, 0.6, 0.7],
+                      "seconds": [0.1, 0.1, 0.1]}).to_csv(folder / "history.tsv", sep="\t", index=False)
+        pd.DataFrame({"source": ["g0", "g1", "g2", "g3"], "target": ["g1", "g1", "g0", "g0"],
+                      "weight": [0.5, 0.4, 0.9, 0.1],
+                      "source_biotype": ["protein_coding", "lncRNA", "protein_coding", "miRNA"],
+                      "target_biotype": ["protein_coding", "protein_coding", "lncRNA", "lncRNA"],
+                      "source_type": ["coding", "noncoding", "coding", "noncoding"],
+                      "target_type": ["coding", "coding", "noncoding", "noncoding"]}).to_csv(
+            folder / "network.tsv", sep="\t", index=False)
+    pd.DataFrame({"graph": ["learned", "prior"], "k": [5, 5], "precision": [0.3, 0.1]}).to_csv(
+        tmp_path / "recovery.tsv", sep="\t", index=False)
+    return {"metrics": tmp_path / "metrics.tsv", "per_condition": tmp_path / "per_condition.tsv",
+            "summary": tmp_path / "metrics.json", "predictions": tmp_path / "test_predictions.h5ad",
+            "history": [tmp_path / "train" / v / "history.tsv" for v in ("full", "no_gsl")]}
+
+
+def test_run_writes_the_summary_and_every_plot(tmp_path):
+    paths = evaluation_outputs(tmp_path)
+    networks = [tmp_path / "train" / v / "network.tsv" for v in ("full", "no_gsl")]
+    report.run(options=report.Options(), out_dir=tmp_path / "report", networks=networks,
+               recovery=tmp_path / "recovery.tsv", **paths)
+    out = tmp_path / "report"
+    for name in report.PLOTS.values():
+        assert (out / name).read_bytes()[:8] == PNG, name
+    text = (out / "summary.md").read_text()
+    assert "| grape |" in text and "| additive |" in text
+    assert all(f"{m} " in text for m in HEADLINE)
+    assert "## pearson_delta ↑ by test subgroup" in text and "combo_seen0 (n=1)" in text
+    assert "coding → noncoding" in text  # learned network by node type
+    assert "| learned | 5 | 0.3000 |" in text  # the recovery table
+    assert "| full | 3 | 2 | 0.6000 |" in text  # training: epochs, best epoch, best val_mse
+    assert "1 test conditions with every single seen" in text
+
+
+def test_run_without_networks_draws_no_network(tmp_path):
+    paths = evaluation_outputs(tmp_path)
+    report.run(options=report.Options(plot_conditions=["A+B"], plot_genes=5), out_dir=tmp_path / "report", **paths)
+    assert not (tmp_path / "report" / report.PLOTS["network"]).exists()
+    assert "This run exports no learned network." in (tmp_path / "report" / "summary.md").read_text()
+
+
+def test_best_value_of_each_column_is_bold(tmp_path):
+    paths = evaluation_outputs(tmp_path)
+    metrics = pd.read_csv(paths["metrics"], sep="\t")
+    text = report.headline_table(metrics, 3)
+    overall = metrics[(metrics["subgroup"] == "all") & (metrics["metric"] == "mse")].set_index("model")["value"]
+    assert f"**{overall.min():.3f}**" in text  # lower is better
+    delta = metrics[(metrics["subgroup"] == "all") & (metrics["metric"] == "pearson_delta")].set_index("model")
+    assert f"**{delta['value'].max():.3f}**" in text  # higher is better
+
+
+def test_plot_conditions_must_be_test_conditions(tmp_path):
+    paths = evaluation_outputs(tmp_path)
+    with pytest.raises(ValueError, match=r"report.plot_conditions: Z\+ctrl not among the test conditions"):
+        report.run(options=report.Options(plot_conditions=["Z+ctrl"]), out_dir=tmp_path / "report", **paths)
+    assert not (tmp_path / "report").exists()
+
+
+def test_default_conditions_are_the_largest_change_per_subgroup(tmp_path):
+    table = ad.read_h5ad(evaluation_outputs(tmp_path)["predictions"])
+    picked = report.choose_conditions(table, [])
+    assert len(picked) == 3 and {"A+B", "C+D"} <= set(picked)
+    change = np.linalg.norm(table.X - table.var["control_mean"].to_numpy(), axis=1)
+    singles = {"A+ctrl": change[0], "B+ctrl": change[1]}
+    assert max(singles, key=singles.get) in picked
+
+
+def test_delta_frames_keep_only_top_de_genes(tmp_path):
+    table = ad.read_h5ad(evaluation_outputs(tmp_path)["predictions"])
+    observed, predicted = report.delta_frames(table, ["A+B"], ["grape"], 5)
+    assert observed.notna().sum(axis=1).tolist() == [5]
+    np.testing.assert_allclose(observed.loc["A+B", "G0"], table.X[2, 0] - table.var["control_mean"].iloc[0])
+    assert predicted["grape"].notna().sum(axis=1).tolist() == [5]
+
+
+def test_network_table_columns_are_checked():
+    good = pd.DataFrame({"source": ["a"], "target": ["b"], "weight": [1.0], "source_biotype": ["lncRNA"],
+                         "target_biotype": ["protein_coding"]})
+    assert network_columns(good)["target_biotype"] == "target_biotype"
+    degrees = degree_by_pair({"full": good})
+    assert degrees.loc[0, "pair"] == "lncRNA → protein_coding" and degrees.loc[0, "edges_per_target"] == 1.0
+    with pytest.raises(ValueError, match=r"net.tsv: no source_biotype, target_biotype column"):
+        network_columns(good[["source", "target", "weight"]], "net.tsv")
+
+
+# --------------------------------------------------------------------------- Snakemake report, tiny demo
+
+TINY = {
+    "run": "tiny",
+    "simulate": {"n_genes": 60, "n_modules": 3, "n_singles": 10, "n_doubles": 5,
+                 "cells_per_condition": 12, "control_cells": 40},
+    "graph": {"top_k": 5},
+    "train": {"epochs": 8, "patience": 4, "hidden": 8, "batch_size": 8, "ablations": []},
+}
+
+
+def embedded(html: str, rel: str) -> bytes:
+    """The bytes of a result file embedded in Snakemake's report.html (a base64 data URI keyed by path)."""
+    start = html.find(f'"{rel}": {{')
+    assert start >= 0, f"{rel} is not in the report"
+    match = re.compile(r'"data_uri": "data:[^"]*?base64,([^"]*)"').search(html, start)
+    assert match, f"no data of {rel} in the report"
+    return base64.b64decode(match.group(1))
+
+
+@pytest.mark.slow
+def test_snakemake_report_holds_every_plot_and_table(tmp_path):
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    for name in ("rules", "workflow", "grape", "envs"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    base = [sys.executable, "-m", "snakemake", "--snakefile", str(tmp_path / "Snakefile"), "--directory",
+            str(tmp_path), "--configfile", str(tmp_path / "tiny.yaml"), "--cores", "2"]
+    for extra in ([], ["--report", str(tmp_path / "report.html")]):
+        result = subprocess.run(base + extra, capture_output=True, text=True, env=env, timeout=900)
+        assert result.returncode == 0, result.stderr[-4000:]
+    html = (tmp_path / "report.html").read_text()
+    results = tmp_path / "results" / "tiny"
+    expected = ["report/summary.md", "report/pred_vs_obs.png", "report/metric_bars.png",
+                "report/training_curves.png", "evaluate/metrics.tsv", "evaluate/per_condition.tsv",
+                "evaluate/metrics.json", "train/full/history.tsv"]
+    if (results / "train" / "full" / "network.tsv").exists():  # the model exports its learned network
+        expected.append("report/network_degree.png")
+    if (results / "network" / "recovery.tsv").exists():
+        expected.append("network/recovery.tsv")
+        assert "Recovery of the true network" in (results / "report" / "summary.md").read_text()
+    for rel in expected:
+        assert embedded(html, f"results/tiny/{rel}") == (results / rel).read_bytes(), rel
+    for rel in expected:
+        if rel.endswith(".png"):
+            assert (results / rel).read_bytes()[:8] == PNG
+    # captions are rendered into the report
+    assert "Predicted against observed change from the control mean" in html
+    assert "The headline metrics of every model" in html
+    summary = json.loads((results / "evaluate" / "metrics.json").read_text())
+    assert summary["config"]["run"] == "tiny" and summary["config"]["train"]["epochs"] == 8
+    assert set(summary["models"]) >= {"grape", "no_change", "mean", "additive", "linear"}
+    # the summary is logged by the report job
+    assert "# GRAPE run summary" in (tmp_path / "logs" / "tiny" / "report.log").read_text()
