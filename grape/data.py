@@ -20,6 +20,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from grape.identity import NON_GENE_PATTERN
+
 log = logging.getLogger(__name__)
 
 
@@ -45,15 +47,32 @@ class DatasetOptions:
         default=False,
         metadata={"help": "X holds the change from control (pseudobulk only); the control row may be absent"},
     )
+    normalize: str = field(
+        default="auto",
+        metadata={"help": "auto: raw counts are normalised to 1e4 per row and log1p-transformed; none: X as it is"},
+    )
+    context_key: str | None = field(
+        default=None, metadata={"help": "obs column of the cell state (null: cell_type_key); absent: one context"}
+    )
+    non_gene_pattern: str = field(
+        default=NON_GENE_PATTERN,
+        metadata={"help": "regex of measured features that are not genes (guides, Cas9/Cas13, vector elements)"},
+    )
+    non_gene_features: list[str] = field(
+        default_factory=list, metadata={"help": "measured features that are not genes, by name"}
+    )
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
             raise ValueError(f"dataset.level must be one of {', '.join(LEVELS)}, not {self.level!r}")
         if self.relative and self.level != "pseudobulk":
             raise ValueError("dataset.relative requires dataset.level: pseudobulk")
+        if self.normalize not in NORMALIZE:
+            raise ValueError(f"dataset.normalize must be one of {', '.join(NORMALIZE)}, not {self.normalize!r}")
 
 
 LEVELS = ("cells", "pseudobulk")
+NORMALIZE = ("auto", "none")
 
 
 def condition_genes(condition: str, *, options: DatasetOptions) -> tuple[str, ...]:

@@ -324,7 +324,23 @@ def pretrain(model: GRAPE, graph: GraphTensors, *, options: Options, generator: 
 def fit(
     problem: Problem, graph: GraphTensors, split: pd.DataFrame, *, options: Options, device: str = "cpu"
 ) -> tuple[GRAPE, pd.DataFrame, dict]:
-    """Train with early stopping on the validation score; return the best model, the epoch log, facts."""
+    """Train with early stopping on the validation score; return the best model, the epoch log, facts.
+
+    Deterministic algorithms are switched on while training (warnings only where an op has
+    none, e.g. some CUDA kernels): without them the CPU's multi-threaded accumulations in
+    the backward pass (index_put / index_add) differ from run to run in the last bits.
+    """
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _fit(problem, graph, split, options=options, device=device)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def _fit(
+    problem: Problem, graph: GraphTensors, split: pd.DataFrame, *, options: Options, device: str
+) -> tuple[GRAPE, pd.DataFrame, dict]:
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
     index = {c: i for i, c in enumerate(problem.conditions)}

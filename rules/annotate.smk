@@ -21,7 +21,8 @@ rule annotate:
     input:
         unpack(annotation_files),
         dataset=dataset_path(),
-        code=code("annotate", "ensembl", "download", "data"),
+        preflight=ancient(rules.preflight.output[0]),
+        code=code("annotate", "ensembl", "download", "data", "identity"),
     output:
         genes=f"{RESULTS}/annotate/genes.tsv",
         fasta=f"{RESULTS}/annotate/sequences.fa",

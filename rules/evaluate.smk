@@ -3,7 +3,8 @@ rule evaluate:
         dataset=dataset_path(),
         predictions=expand(rules.train.output.predictions, variant=VARIANTS),
         split=rules.split.output[0],
-        code=code("evaluate", "metrics", "baselines", "de", "data", "split"),
+        mapping=rules.annotate.output.mapping,
+        code=code("evaluate", "metrics", "baselines", "de", "data", "identity", "split"),
     output:
         metrics=report(
             f"{RESULTS}/evaluate/metrics.tsv",
@@ -31,5 +32,5 @@ rule evaluate:
         "../envs/grape.yaml"
     shell:
         "printf '%s' {params.run_config:q} | python -m grape evaluate --dataset {input.dataset}"
-        " --predictions {input.predictions} --split {input.split} --run-config -"
+        " --predictions {input.predictions} --split {input.split} --mapping {input.mapping} --run-config -"
         " --out-dir {params.out_dir} {params.options} > {log} 2>&1"

@@ -2,7 +2,8 @@ rule split:
     input:
         dataset=dataset_path(),
         table=split_table(),
-        code=code("split", "data"),
+        preflight=ancient(rules.preflight.output[0]),
+        code=code("split", "data", "identity"),
     output:
         f"{RESULTS}/split/split.tsv",
     params:

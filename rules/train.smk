@@ -3,7 +3,8 @@ rule train:
         dataset=dataset_path(),
         graph=rules.graph.output[0],
         split=rules.split.output[0],
-        code=code("train", "model", "split", "data", "graph", "embed", "network"),
+        mapping=rules.annotate.output.mapping,
+        code=code("train", "model", "split", "data", "identity", "graph", "embed", "embed_models", "network"),
     output:
         model=f"{RESULTS}/train/{{variant}}/model.safetensors",
         model_config=f"{RESULTS}/train/{{variant}}/model.yaml",
@@ -37,4 +38,4 @@ rule train:
         "../envs/grape.yaml"
     shell:
         "python -m grape train --dataset {input.dataset} --graph {input.graph} --split {input.split}"
-        " --out-dir {params.out_dir} --threads {threads} {params.options} > {log} 2>&1"
+        " --mapping {input.mapping} --out-dir {params.out_dir} --threads {threads} {params.options} > {log} 2>&1"

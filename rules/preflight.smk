@@ -1,0 +1,22 @@
+# Checks the dataset, the split table and the configuration in seconds, before any
+# expensive job: every later stage depends on its report. Its input is ancient() for
+# them, so a rerun of the check (any config change) reruns nothing else.
+
+
+rule preflight:
+    input:
+        dataset=dataset_path(),
+        table=split_table(),
+        code=code("preflight", "data", "identity"),
+    output:
+        f"{RESULTS}/preflight/preflight.json",
+    params:
+        run_config=run_config_json,
+        table=split_table_flag,
+    log:
+        f"{LOGS}/preflight.log",
+    conda:
+        "../envs/annotate.yaml"
+    shell:
+        "printf '%s' {params.run_config:q} | python -m grape preflight --dataset {input.dataset} {params.table}"
+        " --config - --out {output} > {log} 2>&1"
