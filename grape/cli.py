@@ -23,6 +23,7 @@ from pathlib import Path
 from grape import __version__
 
 STAGES: dict[str, str] = {
+    "preflight": "check the dataset, split table and configuration in seconds, before any expensive stage",
     "simulate": "simulate the demo organism (GTF, FASTA, descriptions) and its Perturb-seq h5ad",
     "annotate": "gene table and sequences from an Ensembl GTF + cDNA/ncRNA FASTA via pyensembl",
     "describe": "one description text per gene, with its source",
@@ -115,7 +116,11 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``grape`` and ``python -m grape``."""
+    """Entry point of ``grape`` and ``python -m grape``.
+
+    A stage that raises logs the traceback, then ends stderr with the one line
+    ``grape <stage> failed: <ExceptionType>: <message>`` and returns 1.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
     if not argv or argv[0].startswith("-"):
@@ -124,10 +129,29 @@ def main(argv: list[str] | None = None) -> int:
     stage = argv[0]
     if stage not in STAGES:
         top.parse_args(argv)  # exits with argparse's "invalid choice" message
+    try:
+        return _run_stage(stage, argv[1:])
+    except Exception as exc:  # noqa: BLE001 - every failure of a stage ends in the one line below
+        if not logging.getLogger().handlers:
+            logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        logging.getLogger("grape").error("grape %s failed", stage, exc_info=True)
+        sys.stderr.flush()
+        sys.stderr.write(failure_line(stage, exc) + "\n")
+        sys.stderr.flush()
+        return 1
+
+
+def failure_line(stage: str, exc: BaseException) -> str:
+    """``grape <stage> failed: <ExceptionType>: <message>`` on one line (newlines of the message folded)."""
+    message = " ".join(str(exc).split()) or repr(exc)
+    return f"grape {stage} failed: {type(exc).__name__}: {message}"
+
+
+def _run_stage(stage: str, args: list[str]) -> int:
     if stage in OWN_PARSER:
-        return int(importlib.import_module(OWN_PARSER[stage]).main(argv[1:]) or 0)
+        return int(importlib.import_module(OWN_PARSER[stage]).main(args) or 0)
     parser, module = build_stage_parser(stage)
-    ns = vars(parser.parse_args(argv[1:]))
+    ns = vars(parser.parse_args(args))
     logging.basicConfig(
         level=ns.pop("log_level").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -138,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if threads > 0 and "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     option_names = {f.name for f in dataclasses.fields(module.Options)}
-    options = module.Options(**{k: ns.pop(k) for k in list(ns) if k in option_names})
     logging.getLogger("grape").info("grape %s %s", __version__, stage)
+    options = module.Options(**{k: ns.pop(k) for k in list(ns) if k in option_names})
     module.run(options=options, **ns)
     return 0

@@ -1,12 +1,15 @@
 """Validate a pipeline configuration against the JSON Schema, with one clear message.
 
-Used by ``rules/common.smk`` before any job is scheduled. Defaults from the schema
-are filled in place, unknown keys are refused, and the configured input files must
-exist; every error names the key as a dotted path (``train.epochs``).
+Used by ``rules/common.smk`` before any job is scheduled. Numeric strings (YAML's
+``1e-3``, ``snakemake --config "train={epochs: 3}"``) become numbers where the schema
+says integer or number; defaults from the schema are filled in place, unknown keys are
+refused, and the configured input files must exist; every error names the key as a
+dotted path (``train.epochs``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, MutableMapping
 from pathlib import Path
@@ -31,6 +34,57 @@ def _fill_defaults(instance: MutableMapping[str, Any], schema: dict[str, Any]) -
             instance[name] = dict(value) if isinstance(value, dict) else value
         if isinstance(instance.get(name), MutableMapping) and sub.get("type") == "object":
             _fill_defaults(instance[name], sub)
+
+
+def _types(schema: dict[str, Any]) -> set[str]:
+    kind = schema.get("type", [])
+    return {kind} if isinstance(kind, str) else set(kind)
+
+
+def _number(text: str, types: set[str]) -> int | float | None:
+    """The number a string spells, of a type the schema allows (None when it spells none)."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    if "integer" in types:
+        try:
+            return int(text.strip())
+        except ValueError:
+            if value.is_integer():
+                return int(value)
+    return value if "number" in types else None
+
+
+def coerce_numbers(instance: Any, schema: dict[str, Any]) -> Any:
+    """Turn numeric strings into numbers where the schema says integer or number (and not string).
+
+    PyYAML reads ``1e-3`` as a string, and ``snakemake --config "train={epochs: 3}"`` hands
+    ``"3"``; both become numbers, in place. A string that spells no number is left for the
+    validator to refuse, naming the key.
+    """
+    if isinstance(instance, MutableMapping):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for name in list(instance):
+            sub = properties.get(name, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                instance[name] = coerce_numbers(instance[name], sub)
+        return instance
+    if isinstance(instance, list):
+        items = schema.get("items")
+        if isinstance(items, dict):
+            instance[:] = [coerce_numbers(item, items) for item in instance]
+        return instance
+    if isinstance(instance, str):
+        types = _types(schema)
+        if types & {"integer", "number"} and "string" not in types:
+            value = _number(instance, types)
+            if value is not None:
+                return value
+    return instance
 
 
 def _message(error: jsonschema.ValidationError) -> str:
@@ -59,12 +113,16 @@ def validate_config(
 ) -> MutableMapping[str, Any]:
     """Fill defaults into ``config`` in place and check it; raise :class:`ConfigError`.
 
+    Numeric strings where the schema says integer or number are made numbers first
+    (:func:`coerce_numbers`).
+
     ``base_dir`` resolves relative file paths (the directory Snakemake runs in).
     Keys whose schema carries ``format: existing-file`` or ``format: existing-dir``
     must name an existing file or directory when set.
     """
     if not isinstance(schema, dict):
         schema = load_schema(schema)
+    coerce_numbers(config, schema)
     validator_cls = jsonschema.validators.validator_for(schema)
     validator = validator_cls(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))

@@ -94,17 +94,31 @@ def gene_symbols(adata: ad.AnnData, *, options: DatasetOptions) -> np.ndarray:
 
 
 def read_dataset(path: str | Path, *, options: DatasetOptions) -> ad.AnnData:
-    """Read an h5ad and check the contract; raise :class:`DatasetError` naming the problem."""
+    """Read an h5ad, check the contract and apply ``dataset.normalize``; raise :class:`DatasetError`
+    naming the problem.
+
+    Raw counts in ``X`` (or a ``counts`` layer) come back normalised to 1e4 per row and
+    log1p-transformed (:mod:`grape.normalize`), so every stage that reads the dataset sees the
+    same ``X``; the decision reads a sample of rows, so the call costs little beyond the read.
+    """
+    from grape.normalize import normalize_dataset  # grape.normalize imports this module
+
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset file not found: {path}")
     adata = ad.read_h5ad(path)
     check_dataset(adata, options=options, source=str(path))
+    normalize_dataset(adata, options=options, source=str(path))
     return adata
 
 
 def check_dataset(adata: ad.AnnData, *, options: DatasetOptions, source: str = "dataset") -> None:
-    """Validate the columns, control cells, gene names and values of ``adata``."""
+    """Validate the columns, control cells, gene names and values of ``adata``.
+
+    A backed ``adata`` (``read_h5ad(..., backed='r')``) is checked on ``obs`` and ``var`` only.
+    With ``dataset.level: pseudobulk`` each (context, condition) must have one row, the context
+    being ``obs[context_key or cell_type_key]`` when that column exists.
+    """
     if options.condition_key not in adata.obs.columns:
         raise DatasetError(
             f"{source}: obs has no condition column {options.condition_key!r} "
@@ -119,16 +133,21 @@ def check_dataset(adata: ad.AnnData, *, options: DatasetOptions, source: str = "
             "set dataset.control (or dataset.relative for changes from control)"
         )
     if options.level == "pseudobulk":
-        repeated = conditions[conditions.duplicated()].unique()
+        context = context_column(options)
+        keys = conditions if context not in adata.obs.columns else (
+            adata.obs[context].astype(str) + " / " + conditions)
+        repeated = keys[keys.duplicated()].unique()
         if len(repeated):
             raise DatasetError(
                 f"{source}: dataset.level is pseudobulk but conditions have several rows: "
-                f"{', '.join(map(str, repeated[:10]))}"
+                f"{', '.join(map(str, repeated[:10]))} (one row per cell: set dataset.level: cells)"
             )
     symbols = pd.Series(gene_symbols(adata, options=options))
     dup = symbols[symbols.duplicated()].unique()
     if len(dup):
         raise DatasetError(f"{source}: duplicated gene names in var: {', '.join(map(str, dup[:10]))}")
+    if adata.isbacked:
+        return  # X is not in memory: grape.normalize checks a sample of its rows
     x = adata.X
     values = x.data if hasattr(x, "data") and not isinstance(x, np.ndarray) else np.asarray(x)
     finite = np.isfinite(values)
@@ -161,3 +180,59 @@ def pseudobulk(adata: ad.AnnData, *, options: DatasetOptions) -> pd.DataFrame:
         means = means.sort_index()
     means.index.name = "condition"
     return means
+
+
+#: Name of the one context of a dataset without a context column.
+ONE_CONTEXT = "cell"
+#: Context label reserved for pooled rows of the metrics tables.
+POOLED = "all"
+
+
+def context_column(options: DatasetOptions) -> str:
+    """The obs column of the cell state: ``dataset.context_key``, else ``dataset.cell_type_key``."""
+    return options.context_key or options.cell_type_key
+
+
+def context_labels(adata: ad.AnnData, *, options: DatasetOptions) -> np.ndarray:
+    """Each row's context (cell state), as strings; :data:`ONE_CONTEXT` for every row when the
+    dataset has no context column (one context, not an error)."""
+    column = context_column(options)
+    if column not in adata.obs.columns:
+        return np.full(adata.n_obs, ONE_CONTEXT, dtype=object)
+    labels = adata.obs[column].astype(str).to_numpy()
+    if POOLED in set(labels):
+        raise DatasetError(f"obs[{column!r}] uses the context label {POOLED!r}, which the metrics reserve for "
+                           "pooled rows; rename that context in the dataset or set dataset.context_key")
+    return labels
+
+
+def pseudobulk_by_context(adata: ad.AnnData, *, options: DatasetOptions) -> dict[str, pd.DataFrame]:
+    """:func:`pseudobulk` of each context (sorted), each with that context's control row.
+
+    One context gives exactly :func:`pseudobulk` of the whole dataset. Raises
+    :class:`DatasetError` naming the context and column when a context has no control
+    rows (unless ``dataset.relative``, where an absent control is zero).
+    """
+    labels = context_labels(adata, options=options)
+    names = sorted(set(labels))
+    if len(names) == 1:
+        return {names[0]: pseudobulk(adata, options=options)}
+    out: dict[str, pd.DataFrame] = {}
+    column = context_column(options)
+    for name in names:
+        part = adata[labels == name]
+        conditions = part.obs[options.condition_key].astype(str)
+        if not options.relative and not (conditions == options.control).any():
+            raise DatasetError(
+                f"context {name!r} of obs[{column!r}] has no control rows labelled {options.control!r}: each "
+                "context is compared with its own control; add its control cells or set dataset.context_key")
+        out[name] = pseudobulk(part, options=options)
+    return out
+
+
+def row_names(conditions: list[str], contexts: list[str]) -> list[str]:
+    """Unique names of (context, condition) rows: the condition itself when every row is in one
+    context, else ``"condition | context"``."""
+    if len(set(contexts)) <= 1:
+        return list(conditions)
+    return [f"{cond} | {ctx}" for cond, ctx in zip(conditions, contexts)]

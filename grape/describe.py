@@ -219,17 +219,22 @@ def run(
     *, options: Options, genes: Path, missing: Path, out: Path, table: Path | None = None,
     ncbi_cache: Path | None = None,
 ) -> None:
-    """Write the description table of the stage."""
+    """Write the description table of the stage.
+
+    With neither ``table`` nor ``ncbi_cache`` (``describe.table: null`` and no NCBI), every gene gets
+    the annotation's own description (sources 3 and 4 of the module docstring).
+    """
     for name, path in (("genes", genes), ("missing", missing), ("table", table)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"describe --{name}: file not found: {path}")
-    if table is None and ncbi_cache is None:
-        raise ValueError("describe: give --table (a description table) and/or --ncbi-cache (retrieval from NCBI)")
     if ncbi_cache is not None and (not options.email or "@" not in options.email):
         raise ValueError("describe.email: NCBI requires a contact email address for E-utilities (set describe.email)")
     nodes = read_genes(Path(genes), Path(missing))
     lookups = read_table(Path(table), description_column=options.description_column) if table is not None else None
     found = ncbi_summaries(nodes, options=options, cache_dir=Path(ncbi_cache)) if ncbi_cache is not None else None
+    if table is None and ncbi_cache is None:
+        log.info("describe: no --table and no --ncbi-cache: each gene gets the annotation's description, else the "
+                 "fallback text (describe.table null)")
     result = describe(nodes, table=lookups, ncbi=found)
     counts = result["source"].value_counts()
     log.info("%d genes described: %s", len(result), ", ".join(f"{n} from {s}" for s, n in counts.items()))

@@ -22,15 +22,30 @@ genes are ranked by the absolute change from control, and ``frac_sigma_below_1``
 needs the spread over cells) is undefined; with ``dataset.relative`` the control, when
 absent, is zero.
 
-Outputs: ``metrics.tsv`` (model x subgroup x metric), ``per_condition.tsv`` (model x
-condition, every metric), ``metrics.json`` (the summary: package version, test
+Gene identity: with ``--mapping`` (``annotate/mapping.tsv``) measured features with status
+``excluded`` (guides, guide pairs, Cas proteins) are dropped from the truth, the DE
+rankings, every metric and the baselines, and a perturbed alias (``C19orf26`` for the
+measured ``CBARP``) counts as its measured gene (the perturbed-gene column of
+``discrimination_score_l1``, the linear baseline's embedding).
+
+Cell states (contexts, ``dataset.context_key``, default ``dataset.cell_type_key``; a
+dataset without the column is one context): each (context, condition) row is scored
+against the truth and the control of its own context, with DE genes ranked within the
+context; a context's test conditions form one panel (``discrimination_score_l1`` ranks
+within the context), and the baselines are fitted per context on that context's
+fitting rows. ``metrics.tsv`` has a ``context`` column: ``all`` pools every row, and with
+several contexts each context has its rows (overall and per subgroup) as well.
+
+Outputs: ``metrics.tsv`` (model x context x subgroup x metric), ``per_condition.tsv`` (model x
+condition x context, every metric), ``metrics.json`` (the summary: package version, test
 conditions, overall and per-subgroup means, the metric registry, baseline notes, the
 run's configuration, and the provenance of the data and of each model: paths and
 sha256 of the dataset, the split and each variant's predictions and weights, and
-the content of its ``model.yaml``), and ``test_predictions.h5ad`` (observed means of
-the test conditions in ``X``, each model's predictions in ``layers[model]``, the
-control mean in ``var['control_mean']``, the first ranked DE genes in
-``obsm['de_ranked']``) for the report's plots.
+the content of its ``model.yaml``), and ``test_predictions.h5ad`` (one row per test
+(context, condition), obs ``condition``, ``context``, ``subgroup``; observed means in ``X``,
+each model's predictions in ``layers[model]``, the control mean in ``var['control_mean']``
+with one context and each row's own in ``layers['control']`` with several, the first
+ranked DE genes in ``obsm['de_ranked']``) for the report's plots.
 """
 
 from __future__ import annotations
@@ -52,8 +67,19 @@ from grape import __version__
 from grape._io import atomic_path, sha256_file, write_text_atomic
 from grape.baselines import BASELINES, FIT_SPLITS, check_fit_splits, fit_predict
 from grape.cli import PathArg
-from grape.data import DatasetOptions, condition_genes, gene_symbols, read_dataset
-from grape.de import RANK_KEY, TOP_NON_DROPOUT_KEY, add_de_rankings, de_key, gears_gene_sets
+from grape.data import (
+    POOLED,
+    DatasetError,
+    DatasetOptions,
+    condition_genes,
+    context_column,
+    context_labels,
+    gene_symbols,
+    read_dataset,
+    row_names,
+)
+from grape.de import RANK_KEY, TOP_NON_DROPOUT_KEY, UNS_KEYS, add_de_rankings, de_key, gears_gene_sets
+from grape.identity import GeneIdentity
 from grape.metrics import DIRECTION_TOP, METRICS, Panel, registry_table, score
 from grape.split import read_split
 
@@ -65,6 +91,7 @@ CLI_PATHS = {
         "predictions.h5ad of each model variant from `grape train` (.../train/<variant>/predictions.h5ad)", many=True
     ),
     "split": PathArg("split.tsv from `grape split`"),
+    "mapping": PathArg("mapping.tsv from `grape annotate` (aliases, excluded features)", required=False),
     "run_config": PathArg("the run's resolved configuration, YAML or JSON, recorded in metrics.json "
                           "('-' reads it from standard input)", required=False),
     "out_dir": PathArg("output directory: metrics.tsv, per_condition.tsv, metrics.json, test_predictions.h5ad"),
@@ -159,9 +186,13 @@ def _de_keys(
 
 
 def de_genes(
-    adata: ad.AnnData, conditions: list[str], *, options: Options
+    adata: ad.AnnData, conditions: list[str], *, options: Options, excluded: set[str] | frozenset[str] = frozenset()
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Each condition's ranked DE gene indices (first 200) and top non-dropout DE gene indices."""
+    """Each condition's ranked DE gene indices (first 200) and top non-dropout DE gene indices.
+
+    Names in ``excluded`` (non-gene features already dropped from ``adata``) are left out of
+    rankings read from ``uns``.
+    """
     keys = _de_keys(adata, conditions, options=options)
     ranked_table, top_table = adata.uns.get(RANK_KEY, {}), adata.uns.get(TOP_NON_DROPOUT_KEY, {})
     complete = all(k in ranked_table and k in top_table for k in keys.values())
@@ -179,21 +210,31 @@ def de_genes(
 
     def indices(names: Any, cond: str, what: str) -> np.ndarray:
         names = np.asarray(names).astype(str)
+        if excluded:
+            names = names[~np.isin(names, list(excluded))]
         missing = [g for g in names if g not in position]
         if missing:
             raise ValueError(f"uns[{what!r}] of condition {cond!r} names genes not in var: {', '.join(missing[:5])}")
         return np.array([position[g] for g in names], dtype=np.int64)
 
-    ranked = {c: indices(ranked_table[keys[c]][:N_RANKED_KEPT], c, RANK_KEY) for c in conditions}
+    ranked = {c: indices(ranked_table[keys[c]], c, RANK_KEY)[:N_RANKED_KEPT] for c in conditions}
     top = {c: indices(top_table[keys[c]], c, TOP_NON_DROPOUT_KEY) for c in conditions}
     return ranked, top
 
 
-def gene_index(adata: ad.AnnData, *, options: DatasetOptions) -> dict[str, int]:
-    """Column of each gene by symbol and by ``var_name`` (conditions may name either)."""
+def gene_index(adata: ad.AnnData, *, options: DatasetOptions, identity: GeneIdentity | None = None) -> dict[str, int]:
+    """Column of each gene by symbol and by ``var_name`` (conditions may name either); with
+    ``identity``, a perturbed label whose node is a measured gene (an alias) gets that gene's column."""
     index = {str(g): i for i, g in enumerate(adata.var_names.astype(str))}
-    for i, g in enumerate(gene_symbols(adata, options=options)):
+    symbols = gene_symbols(adata, options=options)
+    for i, g in enumerate(symbols):
         index.setdefault(str(g), i)
+    if identity is not None:
+        nodes = identity.nodes()
+        column_of_node = {nodes.get(str(g), str(g)): i for i, g in enumerate(symbols)}
+        for label, node in nodes.items():
+            if label not in index and node in column_of_node:
+                index[label] = column_of_node[node]
     return index
 
 
@@ -206,7 +247,9 @@ def model_name(predictions: Path) -> str:
 
 
 def read_predictions(paths: list[Path], genes: list[str], conditions: list[str], *, dataset: Path) -> dict[str, pd.DataFrame]:
-    """Each variant's predicted means of ``conditions``, checked against the dataset's genes."""
+    """Each variant's predicted means, indexed by row name (:func:`grape.data.row_names` of the
+    obs ``condition`` and ``context`` columns; the obs names of a file without them), checked
+    against the dataset's (kept) genes and the test rows ``conditions`` (row names)."""
     models: dict[str, pd.DataFrame] = {}
     for path in paths:
         pred = ad.read_h5ad(path)
@@ -215,8 +258,12 @@ def read_predictions(paths: list[Path], genes: list[str], conditions: list[str],
         name = model_name(path)
         if name in models:
             raise ValueError(f"two predictions files for model {name!r}: {path}")
+        if {"condition", "context"} <= set(pred.obs.columns):
+            index = row_names(pred.obs["condition"].astype(str).tolist(), pred.obs["context"].astype(str).tolist())
+        else:
+            index = pred.obs_names.astype(str).tolist()
         frame = pd.DataFrame(np.asarray(pred.X.toarray() if sp.issparse(pred.X) else pred.X, dtype=np.float64),
-                             index=pred.obs_names.astype(str), columns=genes)
+                             index=pd.Index(index), columns=genes)
         missing = [c for c in conditions if c not in frame.index]
         if missing:
             raise ValueError(f"{path}: no prediction for test condition(s) {', '.join(missing[:5])}")
@@ -238,8 +285,12 @@ def evaluate(
     *,
     targets: dict[str, np.ndarray] | None = None,
     n_de: int = 20,
+    context: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-condition scores of every model on the test conditions, and their means per model and subgroup."""
+    """Per-condition scores of every model on the test conditions, and their means per model and subgroup.
+
+    All rows are of one context; ``context`` (when given) is written in a ``context`` column.
+    """
     test = split.loc[split["split"] == "test"]
     conds = test["condition"].astype(str).tolist()
     if not conds:
@@ -259,18 +310,29 @@ def evaluate(
         )
         scores = score(panel).reset_index()
         scores.insert(0, "model", model)
-        scores.insert(2, "subgroup", test["subgroup"].astype(str).to_numpy())
+        if context is not None:
+            scores.insert(2, "context", context)
+        scores.insert(3 if context is not None else 2, "subgroup", test["subgroup"].astype(str).to_numpy())
         frames.append(scores)
     per_condition = pd.concat(frames, ignore_index=True)
     return per_condition, summarize(per_condition)
 
 
 def summarize(per_condition: pd.DataFrame) -> pd.DataFrame:
-    """Mean of each metric over conditions (NaN left out), overall and per subgroup, in long form."""
-    long = per_condition.melt(id_vars=["model", "condition", "subgroup"], var_name="metric")
-    overall = long.assign(subgroup="all")
-    both = pd.concat([overall, long], ignore_index=True)
-    summary = (both.groupby(["model", "subgroup", "metric"], sort=False)["value"]
+    """Mean of each metric over (context, condition) rows (NaN left out), in long form.
+
+    ``context = all`` pools every row, overall (``subgroup = all``) and per subgroup; with
+    several contexts (a ``context`` column of ``per_condition`` with more than one value)
+    each context has the same rows of its own. ``n_conditions`` counts the rows averaged.
+    """
+    frame = per_condition if "context" in per_condition.columns else per_condition.assign(context=POOLED)
+    long = frame.melt(id_vars=["model", "condition", "context", "subgroup"], var_name="metric")
+    pooled = long.assign(context=POOLED)
+    parts = [pooled.assign(subgroup="all"), pooled]
+    if long["context"].nunique() > 1:
+        parts += [long.assign(subgroup="all"), long]
+    both = pd.concat(parts, ignore_index=True)
+    summary = (both.groupby(["model", "context", "subgroup", "metric"], sort=False)["value"]
                .agg(value="mean", n_conditions="count").reset_index())
     summary["higher_is_better"] = summary["metric"].map(lambda k: METRICS[k].higher_is_better)
     summary["best"] = summary["metric"].map(lambda k: METRICS[k].best)
@@ -316,6 +378,41 @@ def _json_value(x: Any) -> Any:
 # --------------------------------------------------------------------------- stage
 
 
+def _context_parts(adata: ad.AnnData, *, options: DatasetOptions) -> dict[str, ad.AnnData]:
+    """The dataset of each context (sorted); one context: the dataset itself.
+
+    With several contexts in a column other than ``dataset.cell_type_key``, DE rankings
+    in ``uns`` are not per context, so they are dropped and computed within each context.
+    """
+    labels = context_labels(adata, options=options)
+    names = sorted(set(labels))
+    if len(names) == 1:
+        return {names[0]: adata}
+    parts = {}
+    for name in names:
+        part = adata[labels == name].copy()
+        if context_column(options) != options.cell_type_key and "condition_name" not in part.obs.columns:
+            for key in UNS_KEYS:
+                part.uns.pop(key, None)
+        parts[name] = part
+    return parts
+
+
+def _merge_notes(notes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One baseline's notes over contexts: the one context's notes, or ``by_context`` with summed
+    test-condition counts (rows) where every context has them."""
+    if len(notes) == 1:
+        return next(iter(notes.values()))
+    merged: dict[str, Any] = {"by_context": notes}
+    counts = [n.get("test_conditions") for n in notes.values()]
+    if all(isinstance(c, dict) for c in counts):
+        merged["test_conditions"] = {k: sum(int(c.get(k, 0)) for c in counts) for k in counts[0]}
+    skipped = [f"{k}: {n['skipped']}" for k, n in notes.items() if "skipped" in n]
+    if skipped:
+        merged["skipped"] = "; ".join(skipped)
+    return merged
+
+
 def run(
     *,
     options: Options,
@@ -324,36 +421,96 @@ def run(
     split: Path,
     out_dir: Path,
     run_config: Path | None = None,
+    mapping: Path | None = None,
 ) -> None:
-    """Evaluate; write metrics.tsv, per_condition.tsv, metrics.json and test_predictions.h5ad."""
+    """Evaluate; write metrics.tsv, per_condition.tsv, metrics.json and test_predictions.h5ad.
+
+    ``mapping``: ``annotate/mapping.tsv`` (the workflow always passes it); without it no
+    feature is excluded and perturbed labels are matched to measured genes by name only.
+    """
     unknown = [b for b in options.baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"evaluate.baselines: unknown baseline(s) {', '.join(unknown)} (known: {', '.join(BASELINES)})")
     config = read_run_config(run_config)
     check_fit_splits(options.baseline_splits)
     predictions = [Path(predictions)] if isinstance(predictions, (str, Path)) else [Path(p) for p in predictions]
+    identity = GeneIdentity.read(mapping) if mapping is not None else None
     adata = read_dataset(dataset, options=options)
-    means, stds = condition_stats(adata, options=options)
-    split_table = read_split(split, [c for c in means.index if c != options.control])
+    excluded = set(identity.excluded) if identity is not None else set()
+    if excluded:
+        keep = ~adata.var_names.astype(str).isin(list(excluded))
+        log.info("%d measured features excluded as non-genes (no metric genes)", int((~keep).sum()))
+        adata = adata[:, keep].copy()
+    parts = _context_parts(adata, options=options)
+    contexts = list(parts)
+    stats = {}
+    for name, part in parts.items():
+        means, stds = condition_stats(part, options=options)
+        if options.control not in means.index:
+            raise DatasetError(f"context {name!r} of obs[{context_column(options)!r}] has no control rows labelled "
+                               f"{options.control!r}: each context is scored against its own control")
+        stats[name] = (means, stds)
+    labels = sorted({c for means, _ in stats.values() for c in means.index if c != options.control})
+    split_table = read_split(split, labels)
     test = split_table.loc[split_table["split"] == "test"]
     test_conds = test["condition"].astype(str).tolist()
+    if not test_conds:
+        raise ValueError("the split has no test condition")
+    rows = [(k, c) for k in contexts for c in test_conds if c in stats[k][0].index]
+    row_ids = row_names([c for _, c in rows], [k for k, _ in rows])
     genes = adata.var_names.astype(str).tolist()
-    models = read_predictions(predictions, genes, test_conds, dataset=Path(dataset))
-    ranked, top = de_genes(adata, test_conds, options=options)
-    index = gene_index(adata, options=options)
+    models = read_predictions(predictions, genes, row_ids, dataset=Path(dataset))
+    index = gene_index(adata, options=options, identity=identity)
 
     def genes_of(cond: str) -> tuple[str, ...]:
         return condition_genes(cond, options=options)
 
-    targets = {c: np.array(sorted({index[g] for g in genes_of(c) if g in index}), dtype=np.int64) for c in test_conds}
-    baselines = fit_predict(options.baselines, means, split_table, control=options.control, genes_of=genes_of,
-                            gene_index=index, pca_dim=options.linear_pca_dim, ridge=options.linear_ridge,
-                            fit_splits=options.baseline_splits)
-    all_models = {**models, **{name: b.predictions for name, b in baselines.items() if b.predictions is not None}}
-    log.info("evaluating %s on %d test conditions", ", ".join(all_models), len(test_conds))
-    control = means.loc[options.control].to_numpy()
-    per_condition, summary = evaluate(all_models, means, stds, control, split_table, ranked, top,
-                                      targets=targets, n_de=options.n_de)
+    frames, notes = [], {}
+    table_x, table_layers, table_control, table_ranked, table_rows, model_names = [], {}, [], [], [], []
+    n_keep = min(N_RANKED_KEPT, len(genes))
+    for name in contexts:
+        means, stds = stats[name]
+        conds = [c for k, c in rows if k == name]
+        if not conds:
+            log.info("context %s has no test condition", name)
+            continue
+        split_k = split_table.loc[split_table["condition"].isin(means.index)]
+        ranked, top = de_genes(parts[name], conds, options=options, excluded=excluded)
+        targets = {c: np.array(sorted({index[g] for g in genes_of(c) if g in index}), dtype=np.int64) for c in conds}
+        try:
+            baselines = fit_predict(options.baselines, means, split_k, control=options.control, genes_of=genes_of,
+                                    gene_index=index, pca_dim=options.linear_pca_dim, ridge=options.linear_ridge,
+                                    fit_splits=options.baseline_splits)
+        except ValueError as err:
+            raise ValueError(f"context {name!r}: {err}") from err
+        for base, fitted in baselines.items():
+            notes.setdefault(base, {})[name] = fitted.notes
+        ids = row_names(conds, [name] * len(conds)) if len(contexts) == 1 else [f"{c} | {name}" for c in conds]
+        context_models = {m: frame.loc[ids].set_axis(conds) for m, frame in models.items()}
+        context_models.update({b: f.predictions for b, f in baselines.items() if f.predictions is not None})
+        log.info("evaluating %s on %d test conditions%s", ", ".join(context_models), len(conds),
+                 f" of context {name}" if len(contexts) > 1 else "")
+        control = means.loc[options.control].to_numpy()
+        per_k, _ = evaluate(context_models, means, stds, control, split_k, ranked, top, targets=targets,
+                            n_de=options.n_de, context=name)
+        frames.append(per_k)
+        model_names += [m for m in context_models if m not in model_names]
+        table_x.append(means.loc[conds].to_numpy(dtype=np.float32))
+        table_control.append(np.tile(control.astype(np.float32), (len(conds), 1)))
+        for m in model_names:
+            table_layers.setdefault(m, [np.full((n, len(genes)), np.nan, np.float32) for n in
+                                        (len(c) for c in table_x[:-1])])
+            pred = context_models.get(m)
+            table_layers[m].append(pred.loc[conds].to_numpy(dtype=np.float32) if pred is not None
+                                   else np.full((len(conds), len(genes)), np.nan, np.float32))
+        block = np.full((len(conds), n_keep), -1, dtype=np.int64)
+        for row, cond in enumerate(conds):
+            block[row, : len(ranked[cond][:n_keep])] = ranked[cond][:n_keep]
+        table_ranked.append(block)
+        table_rows += [(name, c) for c in conds]
+    per_condition = pd.concat(frames, ignore_index=True)
+    summary = summarize(per_condition)
+    baseline_notes = {base: _merge_notes(by_ctx) for base, by_ctx in notes.items()}
 
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "per_condition.tsv") as tmp:
@@ -362,39 +519,53 @@ def run(
         summary.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
 
     by_group: dict[str, dict[str, dict[str, Any]]] = {}
+    by_context: dict[str, dict[str, dict[str, Any]]] = {}
     for row in summary.itertuples(index=False):
-        by_group.setdefault(row.model, {}).setdefault(row.subgroup, {})[row.metric] = _json_value(row.value)
+        if row.context == POOLED:
+            by_group.setdefault(row.model, {}).setdefault(row.subgroup, {})[row.metric] = _json_value(row.value)
+        elif row.subgroup == "all":
+            by_context.setdefault(row.model, {}).setdefault(row.context, {})[row.metric] = _json_value(row.value)
     registry = registry_table().set_index("metric")
     write_text_atomic(out_dir / "metrics.json", json.dumps({
         "grape_version": __version__,
         "n_test_conditions": len(test_conds),
         "test_conditions": {str(k): int(v) for k, v in test.groupby("subgroup").size().items()},
-        "models": list(all_models),
+        "contexts": contexts,
+        "n_test_rows": {name: sum(1 for k, _ in rows if k == name) for name in contexts},
+        "excluded_features": sorted(excluded),
+        "models": model_names,
         "metrics": {m: groups["all"] for m, groups in by_group.items()},
         "by_subgroup": {m: {g: v for g, v in groups.items() if g != "all"} for m, groups in by_group.items()},
+        "by_context": by_context,
         "registry": {name: {"best": r.best, "higher_is_better": bool(r.higher_is_better), "source": r.source,
                             "description": r.description} for name, r in registry.iterrows()},
-        "baselines": {name: b.notes for name, b in baselines.items()},
+        "baselines": baseline_notes,
         "options": {k: getattr(options, k) for k in options.__dataclass_fields__},
         "config": config,
         "provenance": {
             "dataset": _file_record(Path(dataset)),
             "split": _file_record(Path(split)),
+            "mapping": _file_record(Path(mapping)) if mapping is not None else None,
             "models": {model_name(p): model_provenance(p) for p in predictions},
         },
     }, indent=2, default=str))
 
-    # observed and predicted means of the test conditions, for the report's plots
-    n_keep = min(N_RANKED_KEPT, len(genes))
-    de_ranked = np.full((len(test_conds), n_keep), -1, dtype=np.int64)
-    for row, cond in enumerate(test_conds):
-        de_ranked[row, : len(ranked[cond][:n_keep])] = ranked[cond][:n_keep]
-    var = pd.DataFrame({"gene_name": gene_symbols(adata, options=options), "control_mean": control},
-                       index=pd.Index(genes))
-    obs = pd.DataFrame({"subgroup": test["subgroup"].astype(str).to_numpy()}, index=pd.Index(test_conds))
-    table = ad.AnnData(X=means.loc[test_conds].to_numpy(dtype=np.float32), obs=obs, var=var,
-                       layers={m: p.loc[test_conds].to_numpy(dtype=np.float32) for m, p in all_models.items()},
-                       obsm={"de_ranked": de_ranked})
-    table.uns["models"] = list(all_models)
+    # observed and predicted means of the test rows, for the report's plots
+    subgroup_of = test.set_index("condition")["subgroup"].astype(str)
+    var = pd.DataFrame({"gene_name": gene_symbols(adata, options=options)}, index=pd.Index(genes))
+    if len(contexts) == 1:
+        var["control_mean"] = table_control[0][0].astype(np.float64) if table_control else np.nan
+    obs = pd.DataFrame({"condition": [c for _, c in table_rows], "context": [k for k, _ in table_rows],
+                        "subgroup": subgroup_of.loc[[c for _, c in table_rows]].to_numpy()},
+                       index=pd.Index(row_names([c for _, c in table_rows], [k for k, _ in table_rows])))
+    if len(contexts) == 1:
+        obs = obs[["subgroup", "condition", "context"]]
+    layers = {m: np.concatenate(v) for m, v in table_layers.items()}
+    if len(contexts) > 1:  # one context: var['control_mean']
+        layers["control"] = np.concatenate(table_control)
+    table = ad.AnnData(X=np.concatenate(table_x), obs=obs, var=var, layers=layers,
+                       obsm={"de_ranked": np.concatenate(table_ranked)})
+    table.uns["models"] = model_names
+    table.uns["contexts"] = contexts
     with atomic_path(out_dir / "test_predictions.h5ad") as tmp:
         table.write_h5ad(tmp)

@@ -25,12 +25,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 
 #: Default pattern of measured features that are not genes (matched case-insensitively, whole
-#: name, only for features that no annotation knows): guides (``EGR1_g1``, ``sgEGR1``), guide
+#: name, only for features that no annotation knows): guides (``EGR1_g1``, ``sg-EGR1``), guide
 #: pairs (``DOT1L_g1:EP300_g2``), Cas proteins (``Cas9``, ``dCas9-KRAB``, ``Cas13d``),
 #: non-targeting controls and vector elements (fluorescent proteins, resistance genes, WPRE).
 NON_GENE_PATTERN = (
@@ -59,7 +60,7 @@ def non_gene_matcher(pattern: str | None, names: Sequence[str] = ()) -> re.Patte
 def is_non_gene(name: str, *, pattern: re.Pattern[str] | None, listed: Iterable[str] = ()) -> bool:
     """Whether a feature name is a non-gene feature: in ``listed`` (``dataset.non_gene_features``),
     or matching the whole ``pattern``. Callers apply it only to names that no annotation knows."""
-    if name in set(listed):
+    if name in (listed if isinstance(listed, (set, frozenset)) else set(listed)):
         return True
     return bool(pattern is not None and pattern.fullmatch(name))
 
@@ -83,13 +84,28 @@ class GeneIdentity:
         """Node key of a dataset label (measured symbol or perturbed label), or None if it has none."""
         return self._nodes.get(label)
 
-    @property
+    @cached_property
     def _nodes(self) -> dict[str, str]:
         found: dict[str, str] = {}
         for label, node in zip(self.table["dataset_name"], self.table["node"]):
             if node and label not in found:
                 found[label] = node
         return found
+
+    @cached_property
+    def _rows(self) -> dict[str, dict[str, str]]:
+        found: dict[str, dict[str, str]] = {}
+        for row in self.table.to_dict("records"):
+            found.setdefault(row["dataset_name"], row)
+        return found
+
+    def symbol_of(self, label: str) -> str:
+        """The gene's symbol in the chosen annotation (empty when unresolved or excluded)."""
+        return str(self._rows.get(label, {}).get("symbol", ""))
+
+    def gene_id_of(self, label: str) -> str:
+        """The gene's Ensembl id (empty when unresolved or excluded)."""
+        return str(self._rows.get(label, {}).get("gene_id", ""))
 
     def nodes(self) -> dict[str, str]:
         """Label -> node key of every label that has a node."""

@@ -41,14 +41,19 @@ let a full transcriptome fit:
   non-additive part of the states (both injected, minus each alone, plus none) and the
   two single effects; the correction's output layer starts at zero. A single's effect is
   the model's prediction, or, with ``observed_singles``, its observed change when that
-  single was a training or validation condition (stored as buffers by
-  :meth:`GRAPE.set_observed_singles`; measured genes only), so the additive baseline is
+  single was a training or validation condition of the same cell state (stored as
+  buffers by :meth:`GRAPE.set_observed_singles`; measured genes only), so the additive baseline is
   exactly the model with a zero correction, and the model learns where doubles depart
   from it. Singles themselves are
   always predicted by the network. ``doubles="joint"``: both genes are injected at once
   and the double is read like a single.
 * **Decoder.** Gene-specific: each gene's final state dotted with its own vector, plus a
   shared head and a per-gene bias, gives the change from control.
+* **Cell states (contexts).** A screen with several cell states (stimulated and
+  unstimulated cells) is one model: a forward pass reads one state, ``context=k``, whose
+  expression context (that state's control level of every gene) enters the encoder, and
+  whose fitting singles are the observed singles of its doubles. With one state the model
+  is exactly the one-state model.
 """
 
 from __future__ import annotations
@@ -71,7 +76,7 @@ class GraphTensors:
     """The graph in global node order, ready for the model (move with :meth:`to`)."""
 
     modalities: dict[str, Tensor]  # modality -> [N, D_m]
-    context: Tensor  # [N, C] expression context of each gene
+    context: Tensor  # [N, C] expression context of each gene, or [K, N, C] for K cell states
     node_type: Tensor  # [N] index into node_types
     node_types: tuple[str, ...]
     edge_index: Tensor  # [2, E] prior edges (source, target), global ids
@@ -90,6 +95,23 @@ class GraphTensors:
     @property
     def num_nodes(self) -> int:
         return self.node_type.shape[0]
+
+    @property
+    def num_contexts(self) -> int:
+        """Number of cell states (contexts) whose expression context the graph carries."""
+        return 1 if self.context.dim() == 2 else self.context.shape[0]
+
+    @property
+    def context_dim(self) -> int:
+        return self.context.shape[-1]
+
+    def context_of(self, context: int = 0) -> Tensor:
+        """The ``[N, C]`` expression context of cell state ``context``."""
+        if self.context.dim() == 2:
+            if context != 0:
+                raise IndexError(f"context {context} asked of a graph with one context")
+            return self.context
+        return self.context[context]
 
     @property
     def relations(self) -> tuple[tuple[str, str, str], ...]:
@@ -325,17 +347,24 @@ class GRAPE(nn.Module):
         self.set_observed_singles(torch.empty(0, dtype=torch.long), torch.zeros(0, num_nodes),
                                   torch.zeros(num_nodes, dtype=torch.bool))
 
-    def set_observed_singles(self, nodes: Tensor, delta: Tensor, measured: Tensor) -> None:
+    def set_observed_singles(self, nodes: Tensor, delta: Tensor, measured: Tensor, *,
+                             contexts: Tensor | None = None, num_contexts: int | None = None) -> None:
         """Observed changes of fitting singles, used inside doubles (``observed_singles``).
 
         ``nodes [K]`` are the perturbed genes of training (and validation) singles,
         ``delta [K, N]`` their observed change from control at every node, valid where
-        ``measured [N]``. They are buffers (saved with the ``state_dict``). Never pass test
+        ``measured [N]``; ``contexts [K]`` the cell state of each (default 0) among
+        ``num_contexts`` states (default: the largest index + 1). They are buffers (saved
+        with the ``state_dict``; ``observed_row`` is ``[states, N]``). Never pass test
         conditions.
         """
         n = measured.shape[0]
-        row = torch.full((n,), -1, dtype=torch.long, device=measured.device)
-        row[nodes.to(measured.device)] = torch.arange(len(nodes), device=measured.device)
+        device = measured.device
+        contexts = (torch.zeros(len(nodes), dtype=torch.long) if contexts is None else contexts).to(device)
+        if num_contexts is None:
+            num_contexts = int(contexts.max()) + 1 if len(contexts) else 1
+        row = torch.full((num_contexts, n), -1, dtype=torch.long, device=device)
+        row[contexts, nodes.to(device)] = torch.arange(len(nodes), device=device)
         self.register_buffer("observed_row", row)
         self.register_buffer("observed_delta", delta.to(measured.device, torch.float32))
         self.register_buffer("observed_measured", measured.bool())
@@ -347,15 +376,15 @@ class GRAPE(nn.Module):
         return {m: enc(graph.modalities[m] if index is None else graph.modalities[m][index])
                 for m, enc in self.encoders.items()}
 
-    def encode(self, graph: GraphTensors) -> Tensor:
-        """Condition-independent gene states ``[N, hidden]``."""
+    def encode(self, graph: GraphTensors, context: int = 0) -> Tensor:
+        """Condition-independent gene states ``[N, hidden]`` in cell state ``context``."""
         z = torch.stack(list(self.encode_modalities(graph).values()), dim=1)  # [N, M, h]
         if z.shape[1] > 1:
             beta = torch.softmax(torch.tanh(self.fusion(z)) @ self.fusion_query, dim=1)  # [N, M]
             fused = (beta.unsqueeze(-1) * z).sum(1)
         else:
             fused = z[:, 0]
-        return fused + self.type_embedding(graph.node_type) + self.context(graph.context)
+        return fused + self.type_embedding(graph.node_type) + self.context(graph.context_of(context))
 
     def alignment_loss(self, graph: GraphTensors, index: Tensor) -> Tensor:
         """Symmetric InfoNCE between the text and DNA encodings of the genes ``index``."""
@@ -406,25 +435,27 @@ class GRAPE(nn.Module):
         delta = (h * self.gene_weight.unsqueeze(1)).sum(-1) + self.head(h).squeeze(-1) + self.gene_bias.unsqueeze(1)
         return delta.T, h
 
-    def forward(self, graph: GraphTensors, perturbed: Tensor, *, with_graph_loss: bool = False,
+    def forward(self, graph: GraphTensors, perturbed: Tensor, *, context: int = 0, with_graph_loss: bool = False,
                 with_auxiliary: bool = False):
         """Predicted change from control ``[B, N]`` (and the graph regulariser if asked).
 
         ``perturbed`` is ``[B, 2]`` global node ids of each condition's perturbed genes,
-        padded with -1; rows may list their genes in any order. ``with_auxiliary`` also
+        padded with -1; rows may list their genes in any order. Every row is in cell state
+        ``context`` (its expression context and its observed singles). ``with_auxiliary`` also
         returns, for training, the doubles predicted from the network's own singles
         (``(row index [D], prediction [D, N])``; empty unless observed singles replaced some):
         the path that doubles of unobserved singles take, so it is trained as well.
         """
         rows = canonical_sets(perturbed)
-        h0 = self.encode(graph)
+        h0 = self.encode(graph, context)
         structure = self.structure(graph, h0)
         auxiliary = (rows.new_zeros(0), h0.new_zeros(0, graph.num_nodes))
         if self.config.doubles == "joint":
             sets, inverse = torch.unique(rows, dim=0, return_inverse=True)
             delta = self._propagate(graph, h0, structure, sets)[0][inverse]
         else:
-            delta, auxiliary = self._additive(graph, h0, structure, rows, with_auxiliary=with_auxiliary)
+            delta, auxiliary = self._additive(graph, h0, structure, rows, context=context,
+                                              with_auxiliary=with_auxiliary)
         out = (delta,)
         if with_graph_loss:
             out += (structure.graph_loss,)
@@ -432,7 +463,7 @@ class GRAPE(nn.Module):
             out += (auxiliary,)
         return out if len(out) > 1 else delta
 
-    def _additive(self, graph: GraphTensors, h0: Tensor, structure: Structure, rows: Tensor, *,
+    def _additive(self, graph: GraphTensors, h0: Tensor, structure: Structure, rows: Tensor, *, context: int = 0,
                   with_auxiliary: bool = False) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         b = rows.shape[0]
         pad = torch.full_like(rows[:, :1], -1)
@@ -455,8 +486,9 @@ class GRAPE(nn.Module):
         nonadditive = states[:, i_ab] - states[:, i_a] - states[:, i_b] + states[:, i_0].unsqueeze(1)  # [N, D, h]
         index = double.nonzero().squeeze(1)
         if self.config.observed_singles and len(self.observed_delta):
-            o_a, o_b = self._observed(d[:, 0], d_a), self._observed(d[:, 1], d_b)
-            replaced = (self.observed_row[d[:, 0]] >= 0) | (self.observed_row[d[:, 1]] >= 0)
+            observed_row = self.observed_row[context]
+            o_a, o_b = self._observed(observed_row, d[:, 0], d_a), self._observed(observed_row, d[:, 1], d_b)
+            replaced = (observed_row[d[:, 0]] >= 0) | (observed_row[d[:, 1]] >= 0)
             if with_auxiliary and bool(replaced.any()):
                 pick = replaced.nonzero().squeeze(1)
                 auxiliary = (index[pick], self._combine(d_a[pick], d_b[pick], nonadditive[:, pick]))
@@ -468,18 +500,19 @@ class GRAPE(nn.Module):
         features = torch.cat([(d_a * d_b).T.unsqueeze(-1), (d_a + d_b).T.unsqueeze(-1), nonadditive], dim=-1)
         return d_a + d_b + self.interaction(features).squeeze(-1).T
 
-    def _observed(self, genes: Tensor, predicted: Tensor) -> Tensor:
+    def _observed(self, observed_row: Tensor, genes: Tensor, predicted: Tensor) -> Tensor:
         """The observed single effect of each gene where it was a fitting single (measured genes)."""
-        row = self.observed_row[genes]
+        row = observed_row[genes]
         known = (row >= 0).unsqueeze(1) & self.observed_measured.unsqueeze(0)
         return torch.where(known, self.observed_delta[row.clamp(min=0)], predicted)
 
     # ------------------------------------------------------------------ network
 
     @torch.no_grad()
-    def network(self, graph: GraphTensors) -> dict[str, Tensor]:
-        """The learned message-passing graph: edges, graph weight, attention (mean over layers)."""
-        h0 = self.encode(graph)
+    def network(self, graph: GraphTensors, context: int = 0) -> dict[str, Tensor]:
+        """The learned message-passing graph of cell state ``context``: edges, graph weight,
+        attention (mean over layers)."""
+        h0 = self.encode(graph, context)
         structure = self.structure(graph, h0)
         alphas = [layer.attention(h0, structure) for layer in self.layers]
         attention = torch.stack(alphas).mean(0) if alphas else structure.weight

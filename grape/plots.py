@@ -111,10 +111,20 @@ def predicted_vs_observed(
 def metric_bars(summary: pd.DataFrame, metrics: Sequence[str], *, models: Sequence[str] | None = None) -> Figure:
     """Bars of each metric's mean per model, for all test conditions and each test subgroup.
 
-    ``summary``: metrics.tsv of the evaluate stage (model, subgroup, metric, value, n_conditions).
+    ``summary``: metrics.tsv of the evaluate stage (model, [context,] subgroup, metric, value,
+    n_conditions). With several contexts each context's rows (all its subgroups) are bars
+    of their own after the pooled subgroups.
     """
     models = list(models or dict.fromkeys(summary["model"]))
-    subgroups = ["all", *sorted(s for s in summary["subgroup"].unique() if s != "all")]
+    context_groups: list[str] = []
+    if "context" in summary.columns:
+        pooled = summary.loc[summary["context"].astype(str) == "all"]
+        per_context = summary.loc[(summary["context"].astype(str) != "all") & (summary["subgroup"] == "all")]
+        per_context = per_context.assign(subgroup="context " + per_context["context"].astype(str))
+        context_groups = list(dict.fromkeys(per_context["subgroup"]))
+        summary = pd.concat([pooled, per_context], ignore_index=True)
+    subgroups = ["all", *sorted(s for s in summary["subgroup"].unique() if s != "all" and s not in context_groups),
+                 *context_groups]
     counts = summary.groupby("subgroup")["n_conditions"].max()
     colours = model_colours(models)
     fig, axes = _grid(len(metrics), 2, max(6.5, 0.11 * len(models) * len(subgroups) + 1.5), 2.8)
@@ -133,7 +143,8 @@ def metric_bars(summary: pd.DataFrame, metrics: Sequence[str], *, models: Sequen
         ax.axhline(0, color="black", lw=0.6)
         ax.grid(axis="y", color="#eeeeee")
         ax.set_axisbelow(True)
-    fig.suptitle("Test metrics per model and test subgroup (mean over conditions)", fontsize=11)
+    fig.suptitle("Test metrics per model and test subgroup" + (" and context" if context_groups else "")
+                 + " (mean over conditions)", fontsize=11)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(models), 6), frameon=False)
     return fig

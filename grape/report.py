@@ -8,7 +8,8 @@ Writes into ``--out-dir``:
     metrics per test subgroup; where the model does best and worst; the
     baselines' coverage; training per variant; the learned network (when the run
     exports one) and its recovery of the true network (when the run measures it).
-    It is also logged.
+    With several cell states (contexts), the headline metrics per context as well, and
+    test rows are named ``condition | context``. It is also logged.
 ``pred_vs_obs.png``
     predicted against observed change from control on the top DE genes of chosen
     test conditions (``report.plot_conditions``; by default, in each test subgroup,
@@ -77,6 +78,27 @@ class Options:
 # --------------------------------------------------------------------------- Markdown
 
 
+def pooled(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The rows of metrics.tsv that pool every context (all rows of a table without ``context``)."""
+    if "context" not in metrics.columns:
+        return metrics
+    return metrics.loc[metrics["context"].astype(str) == "all"]
+
+
+def contexts_of(metrics: pd.DataFrame) -> list[str]:
+    """The contexts with rows of their own in metrics.tsv (none with one context)."""
+    if "context" not in metrics.columns:
+        return []
+    return sorted(set(metrics["context"].astype(str)) - {"all"})
+
+
+def row_keys(per_condition: pd.DataFrame) -> pd.Series:
+    """Name of each (context, condition) row: the condition, or ``condition | context`` with several contexts."""
+    if "context" in per_condition.columns and per_condition["context"].nunique() > 1:
+        return per_condition["condition"].astype(str) + " | " + per_condition["context"].astype(str)
+    return per_condition["condition"].astype(str)
+
+
 def _cell(value: object, digits: int) -> str:
     if isinstance(value, (float, np.floating)):
         return "nan" if np.isnan(value) else f"{value:.{digits}f}"
@@ -115,7 +137,7 @@ def _arrow(metric: str) -> str:
 
 
 def headline_table(metrics: pd.DataFrame, digits: int) -> str:
-    overall = metrics.loc[metrics["subgroup"] == "all"]
+    overall = pooled(metrics).loc[lambda m: m["subgroup"] == "all"]
     models = list(dict.fromkeys(overall["model"]))
     wide = overall.pivot(index="model", columns="metric", values="value").reindex(models)
     names = [m for m in HEADLINE if m in wide.columns]
@@ -126,7 +148,7 @@ def headline_table(metrics: pd.DataFrame, digits: int) -> str:
 
 
 def subgroup_table(metrics: pd.DataFrame, metric: str, digits: int) -> str:
-    rows = metrics.loc[metrics["metric"] == metric]
+    rows = pooled(metrics).loc[lambda m: m["metric"] == metric]
     models = list(dict.fromkeys(rows["model"]))
     groups = ["all", *sorted(g for g in rows["subgroup"].unique() if g != "all")]
     wide = rows.pivot(index="model", columns="subgroup", values="value").reindex(index=models, columns=groups)
@@ -136,10 +158,24 @@ def subgroup_table(metrics: pd.DataFrame, metric: str, digits: int) -> str:
     return markdown_table(wide.reset_index(), digits, bold=bold)
 
 
+def context_table(metrics: pd.DataFrame, metric: str, digits: int) -> str:
+    """``metric`` per model (rows) and context (columns, with the number of rows), overall rows only."""
+    rows = metrics.loc[(metrics["metric"] == metric) & (metrics["subgroup"] == "all")]
+    models = list(dict.fromkeys(rows["model"]))
+    contexts = ["all", *contexts_of(metrics)]
+    wide = rows.pivot(index="model", columns="context", values="value").reindex(index=models, columns=contexts)
+    counts = rows.groupby("context")["n_conditions"].max()
+    names = [f"{c} (n={int(counts.get(c, 0))})" for c in contexts]
+    bold = {name: _best(wide[c], metric) for name, c in zip(names, contexts)}
+    wide.columns = names
+    return markdown_table(wide.reset_index(), digits, bold=bold)
+
+
 def where_right_and_wrong(per_condition: pd.DataFrame, metric: str, digits: int, *, n: int = 3) -> str | None:
     """The model's best and worst test conditions on ``metric``, beside the best baseline there."""
     if "grape" not in set(per_condition["model"]):
         return None
+    per_condition = per_condition.assign(condition=row_keys(per_condition))
     wide = per_condition.pivot(index="condition", columns="model", values=metric)
     baselines = [m for m in wide.columns if not m.startswith("grape")]
     if not baselines:
@@ -167,6 +203,9 @@ def summarize(
     digits: int = 4,
 ) -> str:
     """The Markdown text of the summary."""
+    contexts = contexts_of(metrics)
+    metrics_all = metrics
+    metrics = pooled(metrics)
     overall = metrics.loc[metrics["subgroup"] == "all"]
     n = int(overall.loc[overall["metric"] == "mse", "n_conditions"].max())
     groups = metrics.loc[(metrics["subgroup"] != "all") & (metrics["metric"] == "mse")]
@@ -182,8 +221,14 @@ def summarize(
         "frac_opposite_direction, where 0 is best) and on the delta correlations (GEARS counts an undefined "
         "correlation as 0).",
     ]
+    if contexts:
+        parts[1] += (f" The {n} test rows are (context, condition) pairs of {len(contexts)} cell states "
+                     f"({', '.join(contexts)}), each scored against its own context's control; `all` pools them.")
     for metric in SUBGROUP_METRICS:
         parts += [f"## {metric} {_arrow(metric)} by test subgroup", subgroup_table(metrics, metric, digits)]
+    if contexts:
+        for metric in SUBGROUP_METRICS:
+            parts += [f"## {metric} {_arrow(metric)} by context", context_table(metrics_all, metric, digits)]
     if per_condition is not None:
         table = where_right_and_wrong(per_condition, "pearson_delta", digits)
         if table:
@@ -193,7 +238,7 @@ def summarize(
     if evaluation:
         notes = []
         add = evaluation.get("baselines", {}).get("additive")
-        if add:
+        if add and "test_conditions" in add:
             c = add["test_conditions"]
             notes.append(f"additive: {c['all_singles_seen']} test conditions with every single seen in fitting, "
                          f"{c['some_singles_seen']} with some, {c['no_single_seen']} with none (an unseen gene "
@@ -201,13 +246,18 @@ def summarize(
         lin = evaluation.get("baselines", {}).get("linear")
         if lin and "skipped" in lin:
             notes.append(f"linear: skipped ({lin['skipped']})")
+        elif lin and "by_context" in lin:
+            notes.append("linear: fitted per context, " + "; ".join(
+                f"{k}: K={v['pca_dim']}, ridge {v['ridge']}, {v['n_fit_conditions']} conditions"
+                for k, v in lin["by_context"].items() if "pca_dim" in v))
         elif lin:
             notes.append(f"linear: K={lin['pca_dim']} principal components, ridge {lin['ridge']}, fitted on "
                          f"{lin['n_fit_conditions']} conditions (control included)")
         fit = evaluation.get("options", {}).get("baseline_splits")
         if notes:
             parts += ["## Baselines",
-                      f"Fitted on the {' and '.join(fit or ['train'])} conditions of the same split, never on test."
+                      f"Fitted on the {' and '.join(fit or ['train'])} conditions of the same split, never on test"
+                      + (" (per context, on that context's rows)." if contexts else ".")
                       + "".join(f"\n- {x}" for x in notes)]
     rows = []
     for variant, history in histories.items():
@@ -245,16 +295,28 @@ def variant_of(path: Path) -> str:
     return Path(path).parent.name
 
 
+def control_rows(table: ad.AnnData) -> np.ndarray:
+    """The control mean of each row of test_predictions.h5ad: ``layers['control']`` (several
+    contexts) or ``var['control_mean']``."""
+    if "control" in table.layers:
+        return np.asarray(table.layers["control"], dtype=np.float64)
+    return np.tile(table.var["control_mean"].to_numpy(dtype=np.float64), (table.n_obs, 1))
+
+
 def choose_conditions(table: ad.AnnData, wanted: list[str], *, limit: int = MAX_DEFAULT_CONDITIONS) -> list[str]:
-    """The conditions to draw: ``wanted`` (each must be a test condition), else the largest change per subgroup."""
+    """The rows to draw: ``wanted`` (test rows, or condition labels: every context's row of each),
+    else the largest change per subgroup."""
     test = table.obs_names.astype(str).tolist()
     if wanted:
-        missing = [c for c in wanted if c not in test]
+        labels = table.obs["condition"].astype(str).tolist() if "condition" in table.obs else test
+        missing = [c for c in wanted if c not in test and c not in labels]
         if missing:
             raise ValueError(f"report.plot_conditions: {', '.join(missing)} not among the test conditions "
                              f"({', '.join(test[:8])}{', ...' if len(test) > 8 else ''})")
-        return list(wanted)
-    change = np.linalg.norm(np.asarray(table.X) - table.var["control_mean"].to_numpy(), axis=1)
+        picked = [c if c in test else None for c in wanted]
+        return list(dict.fromkeys(x for c, p in zip(wanted, picked)
+                                  for x in ([p] if p else [r for r, lab in zip(test, labels) if lab == c])))
+    change = np.linalg.norm(np.asarray(table.X) - control_rows(table), axis=1)
     frame = pd.DataFrame({"condition": test, "subgroup": table.obs["subgroup"].astype(str).to_numpy(), "change": change})
     picked = (frame.sort_values(["subgroup", "change"], ascending=[True, False], kind="stable")
               .groupby("subgroup", sort=True).head(1)["condition"].tolist())
@@ -265,7 +327,7 @@ def delta_frames(table: ad.AnnData, conditions: list[str], models: list[str], n_
                  ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Observed and predicted changes on each condition's top ``n_genes`` ranked DE genes (NaN elsewhere)."""
     rows = [table.obs_names.get_loc(c) for c in conditions]
-    control = table.var["control_mean"].to_numpy()
+    control = control_rows(table)[rows]
     names = table.var["gene_name"].astype(str).to_numpy() if "gene_name" in table.var else table.var_names.to_numpy()
     mask = np.zeros((len(rows), table.n_vars), dtype=bool)
     for k, row in enumerate(rows):
@@ -319,7 +381,8 @@ def run(
 
     models = [m for m in table.uns.get("models", list(table.layers)) if m == "grape" or not m.startswith("grape_")]
     observed, predicted = delta_frames(table, conditions, models, options.plot_genes)
-    scores = (per_condition_table.loc[per_condition_table["condition"].isin(conditions)]
+    keyed = per_condition_table.assign(condition=row_keys(per_condition_table))
+    scores = (keyed.loc[keyed["condition"].isin(conditions)]
               .pivot(index="model", columns="condition", values="pearson_delta_de"))
     subgroups = dict(zip(table.obs_names.astype(str), table.obs["subgroup"].astype(str)))
     plots.save(plots.predicted_vs_observed(observed, predicted, subgroups=subgroups,

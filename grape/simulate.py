@@ -12,9 +12,10 @@ every channel; it is not evidence of scientific value.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import anndata as ad
@@ -45,6 +46,7 @@ TRUTH_GENES_FILE = "truth_genes.tsv"
 TRUTH_NETWORK_FILE = "truth_network.tsv"
 TRUTH_CONDITIONS_FILE = "truth_conditions.tsv"
 TRUTH_MODULES_FILE = "truth_modules.tsv"
+SETTINGS_FILE = "settings.json"  # the options that made the files, for whoever finds the directory
 OUTPUT_FILES: tuple[str, ...] = (
     GTF_FILE,
     CDNA_FILE,
@@ -55,6 +57,7 @@ OUTPUT_FILES: tuple[str, ...] = (
     TRUTH_NETWORK_FILE,
     TRUTH_CONDITIONS_FILE,
     TRUTH_MODULES_FILE,
+    SETTINGS_FILE,
 )
 
 # Biotypes, their share of genes, transcript length range and exon-count range.
@@ -974,6 +977,7 @@ def write_demo(demo: Demo, *, out_dir: Path) -> None:
     write_text_atomic(out_dir / TRUTH_MODULES_FILE, _tsv(demo.truth_modules))
     with atomic_path(out_dir / H5AD_FILE) as tmp:
         demo.adata.write_h5ad(tmp, compression="gzip")
+    write_text_atomic(out_dir / SETTINGS_FILE, json.dumps(asdict(demo.options), indent=2, sort_keys=True) + "\n")
     log.info(
         "demo written to %s: %d genes, %d conditions, %d cells",
         out_dir,

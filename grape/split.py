@@ -13,7 +13,7 @@ Three kinds (``split.kind``):
 ``table``
     The user's table (``split.table``: a TSV with columns ``condition`` and
     ``split`` in train / val / test, optionally ``subgroup``); it must list every
-    condition of the dataset.
+    condition of the dataset (a row for the control label is accepted and ignored).
 ``logo``
     Leave one gene out: fold ``split.fold`` holds out every condition that
     perturbs the fold's gene (the ``fold``-th of the sorted perturbed genes) as
@@ -196,6 +196,7 @@ def table_split(
     if missing:
         raise SplitError(f"{path}: missing columns {', '.join(missing)} (need condition, split[, subgroup])")
     table = table.dropna(subset=["condition"])
+    table = table.loc[[bool(genes_of(c)) for c in table["condition"]]]  # a control row is accepted and ignored
     dup = table.loc[table["condition"].duplicated(), "condition"].unique()
     if len(dup):
         raise SplitError(f"{path}: conditions listed twice: {', '.join(dup[:5])}")

@@ -13,12 +13,32 @@ direction term is a differentiable form of GEARS' (``(sign(y) - tanh(pred / 0.1)
 Optional co-expression edges (``coexpression_k``) come from the training conditions'
 changes only, computed here after the split, and join the prior graph.
 
+Gene identity: with ``--mapping`` (``annotate/mapping.tsv``, :class:`grape.identity.GeneIdentity`)
+measured genes and the genes of each condition reach their graph nodes through the
+mapping (a perturbed alias such as ``C19orf26`` reaches the node of the measured
+``CBARP``), and measured features with status ``excluded`` (guides, guide pairs, Cas
+proteins) are no training targets and are left out of ``predictions.h5ad``. Outputs keep
+the dataset's own labels. Without a mapping every label is its own node key.
+
+Cell states (contexts): the obs column ``dataset.context_key`` (default
+``dataset.cell_type_key``; absent: one context). Every (context, condition) is a row of
+its own: its pseudobulk minus the control of the same context. The split is per
+condition label, so a held-out perturbation is held out in every context. A row is
+predicted in its own context: the node context features are that context's control
+levels (z-scored over all contexts together) and the measured flag, and the observed
+singles inside its doubles are those of the same context (:class:`grape.model.GRAPE`,
+``context=k``). A batch with rows of several contexts runs one forward pass per context.
+With one context everything is exactly the one-context model.
+
 Ablations (``--ablation``, or the workflow's model variants from ``train.ablations``)
 are named sets of option overrides, :data:`ABLATIONS`.
 
 Outputs: ``model.safetensors`` (``state_dict``), ``model.yaml`` (resolved options and
 shapes, enough for :func:`load_model`), ``history.tsv`` (per epoch), ``predictions.h5ad``
-(every condition) and ``network.tsv`` (the learned network, :mod:`grape.network`).
+(every (context, condition) row: obs ``condition``, ``context``, ``split``, ``subgroup``; the
+obs name is the condition with one context, ``condition | context`` with several; var: the
+kept measured features) and ``network.tsv`` (the learned network of the first context,
+:mod:`grape.network`).
 """
 
 from __future__ import annotations
@@ -40,9 +60,19 @@ from tqdm import tqdm
 from grape import __version__
 from grape._io import atomic_path, write_text_atomic
 from grape.cli import PathArg
-from grape.data import DatasetError, DatasetOptions, condition_genes, gene_symbols, pseudobulk, read_dataset
+from grape.data import (
+    DatasetError,
+    DatasetOptions,
+    condition_genes,
+    gene_symbols,
+    pseudobulk,  # noqa: F401  (re-exported: tests and callers read pseudobulk from here)
+    pseudobulk_by_context,
+    read_dataset,
+    row_names,
+)
 from grape.embed import choose_device
 from grape.graph import Graph, coexpression_edges, load_graph, merge_edges, prior_edges
+from grape.identity import GeneIdentity
 from grape.model import GRAPE, MODALITIES, GraphTensors, ModelConfig
 from grape.split import read_split
 
@@ -52,6 +82,7 @@ CLI_PATHS = {
     "dataset": PathArg("single-cell h5ad (GEARS contract)"),
     "graph": PathArg("graph from `grape graph` (.safetensors)"),
     "split": PathArg("split table from `grape split` (condition, split, subgroup)"),
+    "mapping": PathArg("mapping.tsv from `grape annotate` (gene label -> node, excluded features)", required=False),
     "out_dir": PathArg("output directory: model.safetensors, model.yaml, history.tsv, predictions.h5ad, network.tsv"),
 }
 
@@ -154,7 +185,9 @@ def graph_tensors(
     """Global-order features, node types and prior edges of a loaded graph.
 
     Modalities: text and DNA features z-scored per column; context: the z-scored control
-    level and the measured flag. Without ``biotype`` every gene has one node type. When
+    level and the measured flag. ``control`` is ``[N]`` (one context: context ``[N, 2]``) or
+    ``[K, N]`` for K cell states (context ``[K, N, 2]``; the level z-scored over all states
+    together, so the states' differences stay visible). Without ``biotype`` every gene has one node type. When
     the model reads a subset of the modalities and the graph stored its options, the
     prior is rebuilt from that subset, so an ablation sees no other modality through the
     graph.
@@ -168,8 +201,14 @@ def graph_tensors(
     for i, t in enumerate(types):
         gid = data[t].global_id
         text[gid], dna[gid], node_type[gid] = data[t].x_text, data[t].x_dna, i
-    context = torch.cat([_zscore(torch.as_tensor(control, dtype=torch.float32).unsqueeze(1)),
-                         torch.as_tensor(measured, dtype=torch.float32).unsqueeze(1)], dim=1)
+    level = torch.as_tensor(control, dtype=torch.float32)
+    flag = torch.as_tensor(measured, dtype=torch.float32)
+    if level.dim() == 1:
+        context = torch.cat([_zscore(level.unsqueeze(1)), flag.unsqueeze(1)], dim=1)
+    else:
+        k = level.shape[0]
+        context = torch.cat([_zscore(level.reshape(-1, 1)).reshape(k, n, 1),
+                             flag.expand(k, n).unsqueeze(-1)], dim=-1)
     src, dst, weight = [], [], []
     for edge_type in data.edge_types:
         s, _, d = edge_type
@@ -198,42 +237,125 @@ def graph_tensors(
 
 @dataclass(frozen=True)
 class Problem:
-    """Pseudobulk targets aligned with the graph's nodes."""
+    """Pseudobulk targets aligned with the graph's nodes: one row per (context, condition)."""
 
-    conditions: list[str]
-    perturbed: torch.Tensor  # [C, 2] node ids, -1 padded
-    delta: torch.Tensor  # [C, G] mean change from control of measured genes
-    control: np.ndarray  # [G] control mean
-    measured_nodes: torch.Tensor  # [G] node id of each measured gene
-    var_names: list[str]
+    conditions: list[str]  # [R] condition label of each row
+    perturbed: torch.Tensor  # [R, 2] node ids, -1 padded
+    delta: torch.Tensor  # [R, G] mean change from the row's context's control, kept measured genes
+    controls: np.ndarray  # [K, G] control mean of each context
+    measured_nodes: torch.Tensor  # [G] node id of each kept measured gene
+    var_names: list[str]  # [G] kept measured features (var_names)
+    contexts: list[str] = field(default_factory=lambda: ["cell"])  # [K] context names, sorted
+    row_context: torch.Tensor | None = None  # [R] context index of each row (None: all 0)
+
+    @property
+    def control(self) -> np.ndarray:
+        """The control mean ``[G]`` of a one-context problem."""
+        if len(self.controls) != 1:
+            raise ValueError(f"{len(self.controls)} contexts ({', '.join(self.contexts)}): use Problem.controls")
+        return self.controls[0]
+
+    @property
+    def context_index(self) -> torch.Tensor:
+        """``[R]`` context index of each row."""
+        if self.row_context is None:
+            return torch.zeros(len(self.conditions), dtype=torch.long)
+        return self.row_context
+
+    @property
+    def row_contexts(self) -> list[str]:
+        """``[R]`` context name of each row."""
+        return [self.contexts[k] for k in self.context_index.tolist()]
+
+    def rows_of(self, conditions: list[str]) -> torch.Tensor:
+        """Rows of ``conditions`` (every context of each, in that order)."""
+        rows: dict[str, list[int]] = {}
+        for i, cond in enumerate(self.conditions):
+            rows.setdefault(cond, []).append(i)
+        return torch.tensor([i for c in conditions for i in rows.get(c, [])], dtype=torch.long)
 
 
-def build_problem(adata: ad.AnnData, graph: Graph, *, options: DatasetOptions) -> Problem:
-    """Pseudobulk the dataset and map genes and perturbations onto graph nodes.
+def node_keys(identity: GeneIdentity | None) -> dict[str, str]:
+    """Dataset label -> node key (the mapping's ``node``; without a mapping, none: a label is its own key)."""
+    return identity.nodes() if identity is not None else {}
 
-    Raises :class:`DatasetError` naming the gene when a measured or perturbed gene has no node.
+
+def build_problem(adata: ad.AnnData, graph: Graph, *, options: DatasetOptions,
+                  identity: GeneIdentity | None = None) -> Problem:
+    """Pseudobulk the dataset per context and map genes and perturbations onto graph nodes.
+
+    With ``identity`` (``mapping.tsv``) labels reach their node through the mapping and
+    excluded features are left out. Raises :class:`DatasetError` naming the gene when a
+    measured or perturbed gene has no node.
     """
     node = {g: i for i, g in enumerate(graph.genes)}
+    keys = node_keys(identity)
     symbols = gene_symbols(adata, options=options)
-    absent = [g for g in symbols if g not in node]
+    var_names = adata.var_names.astype(str).to_numpy()
+    excluded = set(identity.excluded) if identity is not None else set()
+    keep = np.array([v not in excluded for v in var_names], dtype=bool)
+    if not keep.any():
+        raise DatasetError("every measured feature is excluded as a non-gene in the mapping; "
+                           "check dataset.non_gene_pattern and dataset.non_gene_features")
+    if excluded:
+        log.info("%d measured features excluded as non-genes (no training targets): %s%s", int((~keep).sum()),
+                 ", ".join(var_names[~keep][:5]), " ..." if (~keep).sum() > 5 else "")
+    measured = [keys.get(g, g) for g in symbols[keep]]
+    absent = [g for g, key in zip(symbols[keep], measured) if key not in node]
     if absent:
         raise DatasetError(f"measured genes without a graph node: {', '.join(absent[:10])}"
-                           + (f" and {len(absent) - 10} more" if len(absent) > 10 else ""))
-    means = pseudobulk(adata, options=options)
-    control = means.loc[options.control].to_numpy(dtype=np.float32)
-    conditions = [c for c in means.index if c != options.control]
-    perturbed = torch.full((len(conditions), 2), -1, dtype=torch.long)
-    for row, cond in enumerate(conditions):
+                           + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
+                           + ("" if identity is None else " (rerun annotate and graph with this dataset)"))
+    by_context = pseudobulk_by_context(adata, options=options)
+    contexts = list(by_context)
+    rows_cond: list[str] = []
+    rows_ctx: list[int] = []
+    deltas, controls = [], []
+    for k, means in by_context.items():
+        control = means.loc[options.control].to_numpy(dtype=np.float32)
+        conds = [c for c in means.index if c != options.control]
+        deltas.append((means.loc[conds].to_numpy(dtype=np.float32) - control)[:, keep])
+        controls.append(control[keep])
+        rows_cond += conds
+        rows_ctx += [contexts.index(k)] * len(conds)
+    perturbed = torch.full((len(rows_cond), 2), -1, dtype=torch.long)
+    genes_of: dict[str, list[int]] = {}
+    for cond in dict.fromkeys(rows_cond):
         genes = condition_genes(cond, options=options)
-        missing = [g for g in genes if g not in node]
+        missing = [g for g in genes if keys.get(g, g) not in node]
         if missing:
             raise DatasetError(f"condition {cond!r} names genes absent from the annotation/graph: {', '.join(missing)}")
         if len(genes) > 2:
             raise DatasetError(f"condition {cond!r} perturbs more than two genes")
-        perturbed[row, : len(genes)] = torch.tensor([node[g] for g in genes])
-    delta = torch.as_tensor(means.loc[conditions].to_numpy(dtype=np.float32) - control)
-    return Problem(conditions, perturbed, delta, control,
-                   torch.tensor([node[g] for g in symbols]), adata.var_names.astype(str).tolist())
+        genes_of[cond] = [node[keys.get(g, g)] for g in genes]
+    for row, cond in enumerate(rows_cond):
+        perturbed[row, : len(genes_of[cond])] = torch.tensor(genes_of[cond], dtype=torch.long)
+    delta = torch.as_tensor(np.concatenate(deltas) if len(deltas) > 1 else deltas[0])
+    if len(contexts) > 1:
+        log.info("%d contexts (%s): %d (context, condition) rows", len(contexts), ", ".join(contexts), len(rows_cond))
+    return Problem(rows_cond, perturbed, delta, np.stack(controls),
+                   torch.tensor([node[g] for g in measured]), var_names[keep].tolist(),
+                   contexts=contexts, row_context=torch.tensor(rows_ctx, dtype=torch.long))
+
+
+def control_by_node(problem: Problem, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Control level of every node (``[N]`` with one context, ``[K, N]`` with several) and the measured flag."""
+    control = np.zeros((len(problem.contexts), num_nodes), dtype=np.float32)
+    measured_flag = np.zeros(num_nodes, dtype=np.float32)
+    control[:, problem.measured_nodes.numpy()] = problem.controls
+    measured_flag[problem.measured_nodes.numpy()] = 1.0
+    return (control[0] if len(problem.contexts) == 1 else control), measured_flag
+
+
+def context_groups(rows: torch.Tensor, row_context: torch.Tensor | None) -> list[tuple[int, torch.Tensor]]:
+    """``rows`` split by context, ``[(context, rows of it)]`` in context order; one context: ``rows`` itself."""
+    if row_context is None or len(rows) == 0:
+        return [(0, rows)]
+    ctx = row_context[rows.cpu()]
+    present = ctx.unique().tolist()
+    if len(present) == 1:
+        return [(int(present[0]), rows)]
+    return [(int(k), rows[(ctx == k).to(rows.device)]) for k in present]
 
 
 # --------------------------------------------------------------------------- training
@@ -241,7 +363,7 @@ def build_problem(adata: ad.AnnData, graph: Graph, *, options: DatasetOptions) -
 
 def build_model(graph: GraphTensors, options: Options) -> GRAPE:
     return GRAPE(num_nodes=graph.num_nodes, modality_dims={k: v.shape[1] for k, v in graph.modalities.items()},
-                 context_dim=graph.context.shape[1], node_types=graph.node_types, config=options.model_config())
+                 context_dim=graph.context_dim, node_types=graph.node_types, config=options.model_config())
 
 
 def _optimizer(params, options: Options) -> torch.optim.Optimizer:
@@ -283,7 +405,8 @@ def set_observed_singles(model: GRAPE, problem: Problem, fit_rows: torch.Tensor,
     """Give the model the observed changes of the singles among ``fit_rows`` (never test conditions).
 
     The training and validation singles: the model fits on the former and picks its epoch
-    on the latter, and the baselines of ``grape evaluate`` fit on both as well.
+    on the latter, and the baselines of ``grape evaluate`` fit on both as well. Each is
+    the observed single of its own context.
     """
     pert = problem.perturbed[fit_rows]
     single = (pert[:, 0] >= 0) & (pert[:, 1] < 0)
@@ -293,7 +416,9 @@ def set_observed_singles(model: GRAPE, problem: Problem, fit_rows: torch.Tensor,
     measured = torch.zeros(num_nodes, dtype=torch.bool)
     measured[problem.measured_nodes] = True
     device = next(model.parameters()).device
-    model.set_observed_singles(nodes.to(device), delta.to(device), measured.to(device))
+    contexts = problem.context_index[fit_rows[single]]
+    model.set_observed_singles(nodes.to(device), delta.to(device), measured.to(device), contexts=contexts.to(device),
+                               num_contexts=len(problem.contexts))
 
 
 def pretrain(model: GRAPE, graph: GraphTensors, *, options: Options, generator: torch.Generator) -> float | None:
@@ -343,9 +468,9 @@ def _fit(
 ) -> tuple[GRAPE, pd.DataFrame, dict]:
     torch.manual_seed(options.seed)
     generator = torch.Generator().manual_seed(options.seed)
-    index = {c: i for i, c in enumerate(problem.conditions)}
-    rows = {s: torch.tensor([index[c] for c in split.loc[split["split"] == s, "condition"]], dtype=torch.long)
+    rows = {s: problem.rows_of(split.loc[split["split"] == s, "condition"].astype(str).tolist())
             for s in ("train", "val")}
+    row_context = problem.context_index if len(problem.contexts) > 1 else None
     graph = graph.to(device)
     model = build_model(graph, options).to(device)
     if options.observed_singles:
@@ -368,24 +493,23 @@ def _fit(
         for chunk in order.split(options.batch_size):
             chunk = chunk.to(device)
             optimizer.zero_grad(set_to_none=True)
-            pred, graph_loss, (aux_rows, aux_pred) = model(graph, perturbed[chunk], with_graph_loss=True,
-                                                            with_auxiliary=True)
-            terms = loss_terms(pred[:, measured], delta[chunk], options=options)
-            terms["graph"] = graph_loss
-            loss = (options.loss_mse * terms["mse"] + options.loss_huber * terms.get("huber", 0.0)
-                    + options.loss_direction * terms.get("direction", 0.0) + options.loss_graph * graph_loss)
-            if len(aux_rows):  # doubles also predicted from the network's own singles (see GRAPE.forward)
-                aux = loss_terms(aux_pred[:, measured], delta[chunk][aux_rows], options=options)
-                loss = loss + len(aux_rows) / len(chunk) * (
-                    options.loss_mse * aux["mse"] + options.loss_huber * aux.get("huber", 0.0)
-                    + options.loss_direction * aux.get("direction", 0.0))
+            groups = context_groups(chunk, row_context)
+            if len(groups) == 1:
+                loss, terms = batch_loss(model, graph, perturbed, delta, measured, groups[0][1],
+                                         context=groups[0][0], options=options)
+            else:  # one forward pass per context, weighted by its share of the batch
+                parts = [(len(g) / len(chunk), *batch_loss(model, graph, perturbed, delta, measured, g, context=k,
+                                                           options=options)) for k, g in groups]
+                loss = sum(w * part_loss for w, part_loss, _ in parts)
+                terms = {key: sum(w * part_terms[key] for w, _, part_terms in parts) for key in parts[0][2]}
             loss.backward()
             if options.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
             optimizer.step()
             for key, value in {"loss": loss, **terms}.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value) * len(chunk)
-        val_mse, val_pearson = evaluate_rows(model, graph, perturbed, delta, measured, rows["val"].to(device))
+        val_mse, val_pearson = evaluate_rows(model, graph, perturbed, delta, measured, rows["val"].to(device),
+                                             row_context=row_context)
         lr = optimizer.param_groups[0]["lr"]
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(val_mse)
@@ -415,32 +539,65 @@ def _fit(
     return model, pd.DataFrame(history), facts
 
 
+def batch_loss(model: GRAPE, graph: GraphTensors, perturbed: torch.Tensor, delta: torch.Tensor,
+               measured: torch.Tensor, rows: torch.Tensor, *, context: int, options: Options
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training loss and its terms on ``rows``, all of cell state ``context`` (one forward pass)."""
+    pred, graph_loss, (aux_rows, aux_pred) = model(graph, perturbed[rows], context=context, with_graph_loss=True,
+                                                    with_auxiliary=True)
+    terms = loss_terms(pred[:, measured], delta[rows], options=options)
+    terms["graph"] = graph_loss
+    loss = (options.loss_mse * terms["mse"] + options.loss_huber * terms.get("huber", 0.0)
+            + options.loss_direction * terms.get("direction", 0.0) + options.loss_graph * graph_loss)
+    if len(aux_rows):  # doubles also predicted from the network's own singles (see GRAPE.forward)
+        aux = loss_terms(aux_pred[:, measured], delta[rows][aux_rows], options=options)
+        loss = loss + len(aux_rows) / len(rows) * (
+            options.loss_mse * aux["mse"] + options.loss_huber * aux.get("huber", 0.0)
+            + options.loss_direction * aux.get("direction", 0.0))
+    return loss, terms
+
+
 @torch.no_grad()
 def evaluate_rows(model: GRAPE, graph: GraphTensors, perturbed: torch.Tensor, delta: torch.Tensor,
-                  measured: torch.Tensor, rows: torch.Tensor, batch_size: int = 64) -> tuple[float, float]:
-    """MSE and mean per-condition Pearson of changes on ``rows`` (eval mode)."""
+                  measured: torch.Tensor, rows: torch.Tensor, batch_size: int = 64, *,
+                  row_context: torch.Tensor | None = None) -> tuple[float, float]:
+    """MSE and mean per-row Pearson of changes on ``rows`` (eval mode), each row in its context."""
     if len(rows) == 0:
         return float("nan"), float("nan")
     model.eval()
-    pred = torch.cat([model(graph, perturbed[c])[:, measured] for c in rows.split(batch_size)])
-    target = delta[rows]
+    groups = context_groups(rows, row_context)
+    pred = torch.cat([model(graph, perturbed[c], context=k)[:, measured]
+                      for k, g in groups for c in g.split(batch_size)])
+    target = delta[torch.cat([g for _, g in groups])]
     r = pearson_rows(pred, target)
     return float(torch.nn.functional.mse_loss(pred, target)), float(r[~r.isnan()].mean()) if (~r.isnan()).any() else float("nan")
 
 
 @torch.no_grad()
 def predict_delta(model: GRAPE, graph: GraphTensors, perturbed: torch.Tensor, *, device: str,
-                  batch_size: int = 64) -> torch.Tensor:
-    """Predicted change from control of every node, ``[C, N]`` (eval mode)."""
+                  batch_size: int = 64, row_context: torch.Tensor | None = None) -> torch.Tensor:
+    """Predicted change from control of every node, ``[C, N]`` (eval mode), each row in its context."""
     model.eval()
     graph = graph.to(device)
-    return torch.cat([model(graph, chunk.to(device)).cpu() for chunk in perturbed.split(batch_size)])
+    groups = context_groups(torch.arange(len(perturbed)), row_context)
+    if len(groups) == 1:
+        return torch.cat([model(graph, chunk.to(device), context=groups[0][0]).cpu()
+                          for chunk in perturbed.split(batch_size)])
+    out = torch.empty(len(perturbed), graph.num_nodes)
+    for k, rows in groups:
+        out[rows] = torch.cat([model(graph, chunk.to(device), context=k).cpu()
+                               for chunk in perturbed[rows].split(batch_size)])
+    return out
 
 
 def predict(model: GRAPE, problem: Problem, graph: GraphTensors, *, device: str, batch_size: int = 64) -> np.ndarray:
-    """Predicted mean expression (control + change) of every condition, ``[C, G]``."""
-    delta = predict_delta(model, graph, problem.perturbed, device=device, batch_size=batch_size)
-    return delta[:, problem.measured_nodes].numpy() + problem.control
+    """Predicted mean expression (the row's context's control + change) of every row, ``[R, G]``."""
+    if len(problem.contexts) == 1:
+        delta = predict_delta(model, graph, problem.perturbed, device=device, batch_size=batch_size)
+        return delta[:, problem.measured_nodes].numpy() + problem.control
+    delta = predict_delta(model, graph, problem.perturbed, device=device, batch_size=batch_size,
+                          row_context=problem.context_index)
+    return delta[:, problem.measured_nodes].numpy() + problem.controls[problem.context_index.numpy()]
 
 
 def load_model(model_yaml: Path, model_file: Path, *, device: str = "cpu") -> GRAPE:
@@ -452,6 +609,8 @@ def load_model(model_yaml: Path, model_file: Path, *, device: str = "cpu") -> GR
     model = GRAPE(num_nodes=meta["num_nodes"], modality_dims=meta["modality_dims"], context_dim=meta["context_dim"],
                   node_types=tuple(meta["node_types"]), config=config)
     state = load_file(str(model_file), device=device)
+    if state["observed_row"].dim() == 1:  # a model saved before contexts: one context
+        state["observed_row"] = state["observed_row"].unsqueeze(0)
     for name in ("observed_row", "observed_delta", "observed_measured"):  # sized by the training data
         setattr(model, name, state[name])
     model.load_state_dict(state)
@@ -460,9 +619,8 @@ def load_model(model_yaml: Path, model_file: Path, *, device: str = "cpu") -> GR
 
 def add_coexpression(tensors: GraphTensors, problem: Problem, train_conditions: list[str], *,
                      options: Options, chunk_size: int = 4096) -> GraphTensors:
-    """Join co-expression edges from the training conditions' changes to the prior graph."""
-    index = {c: i for i, c in enumerate(problem.conditions)}
-    values = problem.delta[[index[c] for c in train_conditions]]
+    """Join co-expression edges from the training conditions' changes (every context's row) to the prior graph."""
+    values = problem.delta[problem.rows_of(list(train_conditions))]
     edges = coexpression_edges(values, problem.measured_nodes, top_k=options.coexpression_k,
                                min_similarity=options.coexpression_min, chunk_size=chunk_size)
     log.info("co-expression edges from %d training conditions: %d", len(train_conditions), edges[0].shape[1])
@@ -470,28 +628,31 @@ def add_coexpression(tensors: GraphTensors, problem: Problem, train_conditions: 
     return dataclasses.replace(tensors, edge_index=edge_index, edge_weight=weight)
 
 
-def run(*, options: Options, dataset: Path, graph: Path, split: Path, out_dir: Path) -> None:
-    """Train, and write the model, the log, predictions and the learned network."""
+def run(*, options: Options, dataset: Path, graph: Path, split: Path, out_dir: Path,
+        mapping: Path | None = None) -> None:
+    """Train, and write the model, the log, predictions and the learned network.
+
+    ``mapping``: ``annotate/mapping.tsv`` (the workflow always passes it); without it every
+    dataset label is its own node key and no feature is excluded.
+    """
     from grape.network import export_network
 
     out_dir = Path(out_dir)
     options = options.resolved()
+    identity = GeneIdentity.read(mapping) if mapping is not None else None
     adata = read_dataset(dataset, options=options)
     loaded = load_graph(Path(graph))
-    problem = build_problem(adata, loaded, options=options)
-    split = read_split(split, problem.conditions)
-    control = np.zeros(len(loaded.genes), dtype=np.float32)
-    measured_flag = np.zeros(len(loaded.genes), dtype=np.float32)
-    control[problem.measured_nodes.numpy()] = problem.control
-    measured_flag[problem.measured_nodes.numpy()] = 1.0
+    problem = build_problem(adata, loaded, options=options, identity=identity)
+    split = read_split(split, list(dict.fromkeys(problem.conditions)))
+    control, measured_flag = control_by_node(problem, len(loaded.genes))
     tensors = graph_tensors(loaded, control, measured_flag, biotype=options.biotype, modalities=options.modalities)
     if options.coexpression_k > 0:
         train_conditions = split.loc[split["split"] == "train", "condition"].tolist()
         tensors = add_coexpression(tensors, problem, train_conditions, options=options)
     device = choose_device(options.device)
-    log.info("training %s on %s: %d nodes, %d prior edges, %d relations, %d conditions",
+    log.info("training %s on %s: %d nodes, %d prior edges, %d relations, %d conditions in %d context(s)",
              options.ablation or "full model", device, tensors.num_nodes, tensors.edge_index.shape[1],
-             len(tensors.relations), len(problem.conditions))
+             len(tensors.relations), len(dict.fromkeys(problem.conditions)), len(problem.contexts))
     model, history, facts = fit(problem, tensors, split, options=options, device=device)
     predictions = predict(model, problem, tensors, device=device)
     network = export_network(model, tensors.to(device), genes=loaded.genes, biotypes=loaded.biotypes,
@@ -512,16 +673,18 @@ def run(*, options: Options, dataset: Path, graph: Path, split: Path, out_dir: P
         "options": dataclasses.asdict(options),
         "model_config": {**dataclasses.asdict(model.config), "modalities": list(model.config.modalities)},
         "num_nodes": tensors.num_nodes, "modality_dims": {k: int(v.shape[1]) for k, v in tensors.modalities.items()},
-        "context_dim": int(tensors.context.shape[1]), "node_types": list(tensors.node_types),
+        "context_dim": int(tensors.context_dim), "node_types": list(tensors.node_types),
+        "contexts": list(problem.contexts),
         "relations": [list(r) for r in tensors.relations], "prior_edges": int(tensors.edge_index.shape[1]),
         "best_epoch": int(facts["best_epoch"]), "best_val_mse": float(best["val_mse"]),
         "best_val_pearson_delta": float(best["val_pearson_delta"]),
         "pretrain_loss": facts["pretrain_loss"], "device": str(device),
     }, sort_keys=False))
     split_of = split.set_index("condition")
-    obs = pd.DataFrame({"split": split_of.loc[problem.conditions, "split"].to_numpy(),
+    obs = pd.DataFrame({"condition": problem.conditions, "context": problem.row_contexts,
+                        "split": split_of.loc[problem.conditions, "split"].to_numpy(),
                         "subgroup": split_of.loc[problem.conditions, "subgroup"].to_numpy()},
-                       index=pd.Index(problem.conditions, name="condition"))
+                       index=pd.Index(row_names(problem.conditions, problem.row_contexts)))
     pred = ad.AnnData(X=predictions.astype(np.float32), obs=obs, var=pd.DataFrame(index=problem.var_names))
     with atomic_path(out_dir / "predictions.h5ad") as tmp:
         pred.write_h5ad(tmp)

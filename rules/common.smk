@@ -4,6 +4,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 # Jobs run `python -m grape`; make the package importable from wherever Snakemake runs
@@ -21,7 +22,22 @@ RUN = config["run"]
 RESULTS = f"results/{RUN}"
 LOGS = f"logs/{RUN}"
 BENCH = f"benchmarks/{RUN}"
-DEMO = "resources/demo"
+
+
+def demo_key(settings):
+    """Short content hash of the simulate section (defaults filled in): the demo's directory name.
+
+    Runs with different simulate settings get different directories, so one never
+    overwrites another's input; the same settings reuse the files already simulated.
+    """
+    import hashlib
+
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+DEMO_KEY = demo_key(config["simulate"])
+DEMO = f"resources/demo/{DEMO_KEY}"
 DEMO_FILES = {
     "gtf": f"{DEMO}/genome.gtf",
     "cdna": f"{DEMO}/cdna.fa",
@@ -32,7 +48,15 @@ DEMO_FILES = {
     "truth_network": f"{DEMO}/truth_network.tsv",
     "truth_conditions": f"{DEMO}/truth_conditions.tsv",
     "truth_modules": f"{DEMO}/truth_modules.tsv",
+    "settings": f"{DEMO}/settings.json",
 }
+
+
+def simulate_options():
+    """Flags of the simulate command, sorted by key: the same settings in any order give the
+    same command, so another run with them reuses the demo instead of simulating it again."""
+    section = config["simulate"]
+    return " ".join(shlex.quote(f) for key in sorted(section) for f in (f"--{key.replace('_', '-')}", str(section[key])))
 
 # Config keys that choose the workflow's inputs rather than a stage's options.
 WORKFLOW_KEYS = {"source", "path", "gtf", "cdna", "ncrna", "table", "shards", "gpus_per_job", "ablations",
@@ -237,3 +261,28 @@ def report_optional_args(wildcards, input):
     if input.recovery:
         flags += ["--recovery", *input.recovery]
     return " ".join(shlex.quote(str(f)) for f in flags)
+
+
+# --- failures ------------------------------------------------------------------------------
+# A failed stage ends its log with one line `grape <stage> failed: <cause>` (grape/cli.py).
+# Those lines are printed at the end, so the cause reaches the console, not only a log.
+
+from snakemake.logging import logger
+
+STARTED = time.time()
+
+
+def failure_lines(since=STARTED):
+    """The `grape <stage> failed: ...` lines of the logs written since ``since``, with their log."""
+    found = []
+    for path in sorted(Path("logs").rglob("*.log")):
+        if path.stat().st_mtime < since:
+            continue
+        lines = path.read_text(errors="replace").splitlines()
+        found += [f"{line.strip()}  (log: {path})" for line in lines[-3:] if line.startswith("grape ") and " failed: " in line]
+    return found
+
+
+onerror:
+    for line in failure_lines():
+        logger.error(line)

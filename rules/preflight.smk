@@ -7,7 +7,7 @@ rule preflight:
     input:
         dataset=dataset_path(),
         table=split_table(),
-        code=code("preflight", "data", "identity"),
+        code=code("preflight", "data", "identity", "normalize", "split", "config"),
     output:
         f"{RESULTS}/preflight/preflight.json",
     params:
@@ -15,8 +15,11 @@ rule preflight:
         table=split_table_flag,
     log:
         f"{LOGS}/preflight.log",
+    resources:
+        # a configured CUDA device is checked where it will be used: on a GPU node of a cluster
+        gpu=1 if config["train"]["device"].startswith("cuda") or config["embed"]["device"].startswith("cuda") else 0,
     conda:
-        "../envs/annotate.yaml"
+        "../envs/grape.yaml"
     shell:
         "printf '%s' {params.run_config:q} | python -m grape preflight --dataset {input.dataset} {params.table}"
         " --config - --out {output} > {log} 2>&1"

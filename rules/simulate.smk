@@ -1,13 +1,15 @@
+# The offline demo, simulated once per distinct `simulate` section into
+# resources/demo/<DEMO_KEY>/ (DEMO_KEY: a hash of the settings, see rules/common.smk).
 rule simulate:
     input:
         code=code("simulate", "de", "data"),
     output:
         **DEMO_FILES,
     params:
-        options=opts("simulate"),
+        options=simulate_options(),
         out_dir=out_dir,
     log:
-        "logs/demo/simulate.log",
+        f"logs/demo/{DEMO_KEY}/simulate.log",
     conda:
         "../envs/grape.yaml"
     shell:

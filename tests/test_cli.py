@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from grape.cli import STAGES, build_stage_parser, main
+from grape.cli import STAGES, build_stage_parser, failure_line, main
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
@@ -41,3 +41,21 @@ def test_boolean_options():
 def test_unknown_stage_is_refused():
     with pytest.raises(SystemExit):
         main(["fly"])
+
+
+def test_failing_stage_ends_stderr_with_one_line(tmp_path):
+    missing = tmp_path / "missing.h5ad"
+    result = subprocess.run([sys.executable, "-m", "grape", "split", "--dataset", str(missing), "--out",
+                             str(tmp_path / "split.tsv")], capture_output=True, text=True)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == f"grape split failed: DatasetError: dataset file not found: {missing}"
+    assert "Traceback (most recent call last)" in result.stderr  # the traceback stays in the log above it
+    assert not (tmp_path / "split.tsv").exists()
+
+
+def test_failure_line_folds_a_message_onto_one_line(capsys):
+    assert main(["split", "--dataset", "d.h5ad", "--out", "s.tsv", "--kind", "random"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "grape split failed: ValueError: split.kind must be one of simulation, table, logo, not 'random'"
+    assert failure_line("x", ValueError("a\nb  c")) == "grape x failed: ValueError: a b c"

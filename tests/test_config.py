@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from grape import annotate, describe, embed, evaluate, graph, network, report, simulate, split, train
+from grape import annotate, describe, embed, evaluate, graph, network, preflight, report, simulate, split, train
 from grape.config import ConfigError, load_schema, validate_config
 from grape.data import DatasetOptions
 
@@ -71,6 +75,7 @@ SECTIONS = {
     "split": (split.Options, ["dataset", "split"]),
     "train": (train.Options, ["dataset", "train"]),
     "network": (network.Options, ["network"]),
+    "preflight": (preflight.Options, []),  # reads the whole config from --config
     "evaluate": (evaluate.Options, ["dataset", "evaluate"]),
     "report": (report.Options, ["report"]),
 }
@@ -97,3 +102,68 @@ def test_stage_options_match_schema(schema, stage):
 
 def test_dataset_options_are_shared():
     assert issubclass(train.Options, DatasetOptions) and issubclass(evaluate.Options, DatasetOptions)
+
+
+# --------------------------------------------------------------------------- numeric strings
+
+
+def test_numeric_strings_are_coerced_where_the_schema_says_number(config, schema, repo):
+    cfg = copy.deepcopy(config)
+    cfg["train"].update(lr="1e-3", epochs="3", weight_decay="0")
+    cfg["graph"]["min_similarity"] = "-0.5"
+    cfg["embed"]["dna_max_length"] = "512"  # type [integer, null]
+    validate_config(cfg, schema, base_dir=repo)
+    assert cfg["train"]["lr"] == 0.001 and isinstance(cfg["train"]["lr"], float)
+    assert cfg["train"]["epochs"] == 3 and isinstance(cfg["train"]["epochs"], int)
+    assert cfg["train"]["weight_decay"] == 0
+    assert cfg["graph"]["min_similarity"] == -0.5
+    assert cfg["embed"]["dna_max_length"] == 512 and isinstance(cfg["embed"]["dna_max_length"], int)
+
+
+def test_yaml_exponent_without_dot_is_a_string_and_still_accepted(schema):
+    cfg = yaml.safe_load("train:\n  lr: 1e-3\n  epochs: 1e2\n")
+    assert cfg["train"]["lr"] == "1e-3"  # PyYAML's reading of YAML 1.1
+    validate_config(cfg, schema)
+    assert cfg["train"]["lr"] == 0.001 and cfg["train"]["epochs"] == 100
+
+
+@pytest.mark.parametrize(
+    ("patch", "match"),
+    [
+        ({"epochs": "three"}, r"config key train\.epochs: 'three' is not of type 'integer'"),
+        ({"epochs": "2.5"}, r"config key train\.epochs: '2\.5' is not of type 'integer'"),
+        ({"lr": "nan"}, r"config key train\.lr: 'nan' is not of type 'number'"),
+        ({"epochs": "0"}, r"config key train\.epochs: 0 is less than the minimum of 1"),
+    ],
+)
+def test_strings_that_are_no_valid_number_are_refused_naming_the_key(schema, patch, match):
+    with pytest.raises(ConfigError, match=match):
+        validate_config({"train": dict(patch)}, schema)
+
+
+def test_strings_stay_strings_where_the_schema_allows_them(schema):
+    cfg = validate_config({"run": "123", "dataset": {"control": "0", "subset": {"dose": "1"}}}, schema)
+    assert cfg["run"] == "123" and cfg["dataset"]["control"] == "0"
+    assert cfg["dataset"]["subset"] == {"dose": "1"}
+
+
+def test_snakemake_config_idiom_reaches_the_schema_as_numbers(repo, tmp_path):
+    """`snakemake --config "train={epochs: 3, lr: 1e-3}"` hands strings ("3", "1e-3"); they validate as numbers."""
+    exe = Path(sys.executable).with_name("snakemake")
+    if not exe.exists():
+        pytest.skip("snakemake is not installed beside this Python")
+    out = tmp_path / "seen.json"
+    (tmp_path / "Snakefile").write_text(
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(repo)!r})\n"
+        "from grape.config import validate_config\n"
+        "raw = json.loads(json.dumps(config))\n"
+        f"validate_config(config, {str(repo / 'workflow' / 'schemas' / 'config.schema.yaml')!r})\n"
+        f"open({str(out)!r}, 'w').write(json.dumps({{'raw': raw['train'], 'validated': config['train']}}))\n"
+        "rule all:\n    run:\n        pass\n"
+    )
+    subprocess.run([str(exe), "-n", "-c1", "--config", "train={epochs: 3, lr: 1e-3}"], cwd=tmp_path,
+                   check=True, capture_output=True, text=True)
+    seen = json.loads(out.read_text())
+    assert seen["raw"]["epochs"] == "3" and seen["raw"]["lr"] == "1e-3"  # what Snakemake hands over
+    assert seen["validated"]["epochs"] == 3 and seen["validated"]["lr"] == 0.001

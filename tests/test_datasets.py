@@ -1,7 +1,7 @@
 """grape.datasets: dataset downloads against a loopback server, safe extraction, subsets, shipped configs.
 
 The real Norman subset in ../shared/data is used when present (skipped otherwise): its
-split, and (marked slow) the whole workflow from workflow/configs/norman_devel.yaml.
+split. The whole workflow of each shipped real configuration runs in tests/test_real_configs.py.
 """
 
 from __future__ import annotations
@@ -477,27 +477,3 @@ def test_norman_devel_subset_and_split(norman_devel):
     for cond in orphans:  # a gene without a single is never a train gene: the double is held out
         assert table.loc[cond, "split"] in {"test", "val"}
         assert table.loc[cond, "subgroup"] in {"combo_seen0", "combo_seen1"}
-
-
-@pytest.mark.slow
-def test_norman_devel_runs_through_the_pipeline(tmp_path):
-    """workflow/configs/norman_devel.yaml unchanged (../shared/data resolves through a link beside the
-    copy), with training and text length shortened so the test stays fast."""
-    if not (SHARED_DATA / "perturbench_devel.h5ad").is_file():
-        pytest.skip(f"real development data not present at {SHARED_DATA}")
-    root = copy_workflow(tmp_path / "project" / "main")
-    (tmp_path / "project" / "shared").symlink_to(SHARED_DATA.parent, target_is_directory=True)
-    quick = {"train": {"epochs": 8, "patience": 8, "pretrain_epochs": 2, "hidden": 16},
-             "embed": {"text_max_length": 48}}
-    (root / "quick.yaml").write_text(yaml.safe_dump(quick))
-    snakemake(root, "--configfile", "workflow/configs/norman_devel.yaml", "quick.yaml")
-    results = root / "results" / "norman_devel"
-    record = json.loads((results / "dataset" / "provenance.json").read_text())
-    assert record["cells"] == 3375 and record["genes"] == 500 and record["subset"] == {"dataset": "norman19"}
-    descriptions = pd.read_csv(results / "describe" / "descriptions.tsv", sep="\t")
-    assert (descriptions["source"] == "table").sum() > 300  # RefSeq summaries, by Entrez id or symbol
-    metrics = pd.read_csv(results / "evaluate" / "metrics.tsv", sep="\t")
-    assert {"grape", "no_change", "mean"} <= set(metrics["model"])
-    split = pd.read_csv(results / "split" / "split.tsv", sep="\t")
-    assert split.loc[split["condition"] == "CEBPE+RUNX1T1", "subgroup"].item() == "combo_seen0"
-    assert "Test conditions: 17" in (results / "report" / "summary.md").read_text()

@@ -136,11 +136,21 @@ def test_annotation_description_before_fallback(tmp_path):
     assert out.loc["GAMMA", "source"] == "fallback"
 
 
-def test_needs_a_table_or_ncbi(tmp_path):
+def test_neither_table_nor_ncbi_uses_the_annotation(tmp_path):
+    """describe.table null without NCBI (the own-data template): the annotation's texts, then the fallback."""
     paths = write_inputs(tmp_path, pd.DataFrame({"gene_name": ["A"], "description": ["x"]}))
     del paths["table"]
-    with pytest.raises(ValueError, match="give --table"):
-        describe.run(options=Options(), out=tmp_path / "out.tsv", **paths)
+    genes = pd.read_csv(paths["genes"], sep="\t", dtype=str)
+    genes["description"] = ["alpha kinase", "", "", ""]
+    genes["description_source"] = ["hgnc", "", "", ""]
+    genes.to_csv(paths["genes"], sep="\t", index=False)
+    describe.run(options=Options(), out=tmp_path / "out.tsv", **paths)
+    out = pd.read_csv(tmp_path / "out.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("gene")
+    assert out.index.tolist() == ["ALPHA", "BETA", "GAMMA", "delta_alias", "GHOST", "PHANTOM"]
+    assert (out.loc["ALPHA", "description"], out.loc["ALPHA", "source"]) == (
+        "ALPHA: alpha kinase. A protein coding gene.", "hgnc")
+    assert (out.loc["BETA", "description"], out.loc["BETA", "source"]) == ("BETA is a lncRNA gene.", "fallback")
+    assert out.loc["GHOST", "description"] == "GHOST is a uncharacterised gene."
 
 
 def test_real_refseq_summaries_as_a_user_table(tmp_path, shared_data):

@@ -99,6 +99,7 @@ def tiny_dataset(seed: int = 0) -> ad.AnnData:
         for g in cond.split("+"):
             if g in genes:
                 x[row, genes.index(g)] -= 1.0
+    x = np.clip(x, 0.0, None)  # log-normalised expression is non-negative (read_dataset refuses negative X)
     return ad.AnnData(
         X=x.astype(np.float32),
         obs=pd.DataFrame({"condition": labels, "cell_type": "k562"}, index=[f"c{i}" for i in range(len(labels))]),

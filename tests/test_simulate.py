@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -11,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import yaml
 
 from grape import simulate as sim
 from grape.cli import main as cli_main
@@ -396,3 +402,46 @@ def test_tiny_config_through_the_cli(tmp_path: Path) -> None:
     assert set(genes["module"]) == {-1, 0, 1, 2}
     perturbed = genes[genes["knockdown"] > 0]
     assert len(perturbed) == 12 and (perturbed["biotype"] != "protein_coding").mean() >= 0.25
+
+
+def test_settings_file_records_the_options(tmp_path: Path) -> None:
+    options = sim.Options(seed=4, **TINY)
+    sim.run(options=options, out_dir=tmp_path)
+    assert json.loads((tmp_path / sim.SETTINGS_FILE).read_text()) == {**TINY, "seed": 4, "cell_type": "demo_cell"}
+
+
+def _snakemake(root: Path, config: dict, *args: str) -> str:
+    """Snakemake on a copy of the workflow, this interpreter's environment first on PATH; its output."""
+    (root / "test_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"), "--directory", str(root),
+           "--configfile", str(root / "test_config.yaml"), "--cores", "1", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_demo_files_are_keyed_by_the_simulate_settings(tmp_path: Path, repo: Path) -> None:
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(repo / name, tmp_path / name)
+    for name in ("rules", "workflow", "grape", "envs"):
+        shutil.copytree(repo / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    first = {"run": "a", "simulate": {**TINY, "seed": 1}}
+    second = {"run": "b", "simulate": {**TINY, "seed": 2}}
+    _snakemake(tmp_path, first, "--until", "simulate")
+    dirs = list((tmp_path / "resources" / "demo").iterdir())
+    assert len(dirs) == 1 and re.fullmatch(r"[0-9a-f]{12}", dirs[0].name)
+    first_dir = dirs[0]
+    h5ad = (first_dir / sim.H5AD_FILE).read_bytes()
+    _snakemake(tmp_path, second, "--until", "simulate")
+    second_dir = next(d for d in (tmp_path / "resources" / "demo").iterdir() if d != first_dir)
+    # the other settings have their own files; the first run's input is untouched
+    assert json.loads((first_dir / sim.SETTINGS_FILE).read_text())["seed"] == 1
+    assert json.loads((second_dir / sim.SETTINGS_FILE).read_text())["seed"] == 2
+    assert (first_dir / sim.H5AD_FILE).read_bytes() == h5ad
+    # the same settings, in another order and with the defaults spelt out, reuse the files
+    same = {"run": "c", "simulate": dict(reversed(list({**TINY, "seed": 1, "cell_type": "demo_cell"}.items())))}
+    dry_run = _snakemake(tmp_path, same, "--until", "simulate", "-n")
+    assert not re.search(r"^simulate\s+\d+\s*$", dry_run, flags=re.M), dry_run[-2000:]
+    assert len(list((tmp_path / "resources" / "demo").iterdir())) == 2

@@ -146,6 +146,24 @@ def test_table_split_errors(tmp_path, rows, message):
         table_split(path, ["ctrl", "A+ctrl", "B+ctrl", "C+ctrl"], genes_of=genes_of)
 
 
+def test_table_split_accepts_and_ignores_the_control_row(tmp_path):
+    path = write_table(tmp_path / "s.tsv", [("ctrl", "train"), ("A+ctrl", "train"), ("B+ctrl", "val"),
+                                            ("C+ctrl", "test")])
+    table = table_split(path, ["ctrl", "A+ctrl", "B+ctrl", "C+ctrl"], genes_of=genes_of)
+    assert table["condition"].tolist() == ["A+ctrl", "B+ctrl", "C+ctrl"]
+    assert table["split"].tolist() == ["train", "val", "test"]
+
+
+def test_run_with_a_custom_control_row_in_the_table(tmp_path):
+    conds = ["A+ctrl", "B+ctrl", "C+ctrl"]
+    data = write_dataset(tmp_path / "d.h5ad", conds, control="non-targeting")
+    table = write_table(tmp_path / "user.tsv", [("non-targeting", "train"), ("A+ctrl", "train"), ("B+ctrl", "val"),
+                                                ("C+ctrl", "test")])
+    out = tmp_path / "split.tsv"
+    split.run(options=split.Options(kind="table", control="non-targeting"), dataset=data, out=out, table=table)
+    assert pd.read_csv(out, sep="\t")["condition"].tolist() == conds
+
+
 def test_table_split_needs_columns(tmp_path):
     path = tmp_path / "s.tsv"
     path.write_text("perturbation\tset\nA+ctrl\ttrain\n")

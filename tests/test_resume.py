@@ -1,0 +1,185 @@
+"""A run killed hard in the middle of `train` resumes and gives the metrics of a run never killed.
+
+Two copies of the workflow run the same tiny configuration side by side: one straight
+through; the other is killed with SIGKILL (its whole process group, as a power loss or
+a SLURM job kill would) while `train` is in its epochs, then resumed the way
+docs/resume.md tells a user: `snakemake --unlock`, then `--rerun-incomplete`.
+Training on the CPU is deterministic for a fixed seed and the same thread count (both
+runs use one core), so evaluate/metrics.tsv must match value for value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = "resume"
+CONFIG = {
+    "run": RUN,
+    "simulate": {"n_genes": 60, "n_modules": 3, "n_singles": 10, "n_doubles": 4,
+                 "cells_per_condition": 8, "control_cells": 40},
+    "graph": {"top_k": 5},
+    "train": {"epochs": 100, "patience": 100, "hidden": 8, "batch_size": 8, "pretrain_epochs": 2, "ablations": []},
+}
+UPSTREAM = {"simulate", "preflight", "annotate", "describe", "embed_plan", "embed_shard", "embed", "graph", "split"}
+TIMEOUT = 600  # seconds for any one Snakemake call
+
+pytestmark = pytest.mark.slow
+
+
+def copy_workflow(root: Path) -> Path:
+    root.mkdir(parents=True)
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(REPO / name, root / name)
+    for name in ("rules", "workflow", "grape", "envs"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "test_config.yaml").write_text(yaml.safe_dump(CONFIG))
+    return root
+
+
+def command(root: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    """Snakemake on the copy with this interpreter's environment first on PATH, one core, one thread per job."""
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"), "--directory", str(root),
+           "--configfile", str(root / "test_config.yaml"), "--cores", "1", *args]
+    return cmd, env
+
+
+def start(root: Path, *args: str) -> subprocess.Popen:
+    """Snakemake in its own session (process group); its output goes to ``proc.out`` under root."""
+    cmd, env = command(root, *args)
+    out = root / f"snakemake_{len(list(root.glob('snakemake_*.out')))}.out"
+    with out.open("w") as handle:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    proc.out = out  # type: ignore[attr-defined]
+    return proc
+
+
+def finish(proc: subprocess.Popen, *, check: bool = True) -> str:
+    """Wait for ``proc`` and return its output; AssertionError with the tail when it failed and ``check``."""
+    try:
+        proc.wait(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = proc.out.read_text()  # type: ignore[attr-defined]
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{text[-5000:]}")
+    return text
+
+
+def run(root: Path, *args: str, check: bool = True) -> str:
+    return finish(start(root, *args), check=check)
+
+
+def descendants(pid: int) -> set[int]:
+    """Process ids below ``pid`` (from /proc), to check that the kill left none running."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def jobs(text: str) -> set[str]:
+    """Rules of the jobs a Snakemake run started."""
+    return set(re.findall(r"^\s*(?:local)?rule (\w+):", text, flags=re.M))
+
+
+def kill_during_training(root: Path, proc: subprocess.Popen) -> None:
+    """SIGKILL the whole Snakemake process group once `train` has logged its first epoch."""
+    log = root / "logs" / RUN / "train_full.log"
+    deadline = time.monotonic() + TIMEOUT
+    while not (log.exists() and re.search(r"\bepoch 1\b", log.read_text())):
+        if proc.poll() is not None:
+            raise AssertionError(f"snakemake ended ({proc.returncode}) before train ran:\n{finish(proc, check=False)[-5000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError("train never started")
+        time.sleep(0.05)
+    below = descendants(proc.pid)
+    assert any("grape" in Path(f"/proc/{p}/cmdline").read_text(errors="replace") and "train"
+               in Path(f"/proc/{p}/cmdline").read_text(errors="replace") for p in below if alive(p)), \
+        "no train process found below snakemake"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    for pid in below:  # a power loss leaves nothing running: neither must this kill
+        for _ in range(100):
+            if not alive(pid):
+                break
+            time.sleep(0.05)
+        assert not alive(pid), f"process {pid} survived the kill"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The straight run and the killed-and-resumed run, side by side."""
+    base = tmp_path_factory.mktemp("resume")
+    straight, killed = copy_workflow(base / "straight"), copy_workflow(base / "killed")
+    t0 = time.monotonic()
+    straight_proc = start(straight)
+    killed_proc = start(killed)
+    kill_during_training(killed, killed_proc)
+    train_outputs = sorted(p.name for p in (killed / "results" / RUN / "train" / "full").glob("*")) \
+        if (killed / "results" / RUN / "train" / "full").exists() else []
+    locked = run(killed, check=False)
+    run(killed, "--unlock")
+    resumed = run(killed, "--rerun-incomplete")
+    finish(straight_proc)
+    return {"straight": straight, "killed": killed, "locked": locked, "resumed": resumed,
+            "train_outputs_after_kill": train_outputs, "seconds": time.monotonic() - t0}
+
+
+def test_a_killed_run_is_locked_until_unlocked(runs):
+    assert "cannot be locked" in runs["locked"] and "--unlock" in runs["locked"]
+
+
+def test_the_kill_came_before_training_wrote_its_predictions(runs):
+    assert "predictions.h5ad" not in runs["train_outputs_after_kill"]
+
+
+def test_resume_reruns_training_and_later_only(runs):
+    started = jobs(runs["resumed"])
+    assert "train" in started and "evaluate" in started
+    assert not started & UPSTREAM, f"resume redid finished stages: {sorted(started & UPSTREAM)}"
+
+
+def test_resumed_metrics_equal_an_uninterrupted_run(runs):
+    paths = [root / "results" / RUN / "evaluate" / "metrics.tsv" for root in (runs["straight"], runs["killed"])]
+    straight, resumed = (pd.read_csv(p, sep="\t") for p in paths)
+    assert len(straight) > 0 and set(straight["model"]) >= {"grape", "no_change"}
+    pd.testing.assert_frame_equal(resumed, straight, check_exact=True)
+    preds = [ad.read_h5ad(root / "results" / RUN / "train" / "full" / "predictions.h5ad")
+             for root in (runs["straight"], runs["killed"])]
+    np.testing.assert_array_equal(preds[0].X, preds[1].X)
