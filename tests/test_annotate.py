@@ -751,3 +751,23 @@ def test_older_releases_are_read_only_when_a_name_is_unresolved() -> None:
     assert (hit.gene_id, hit.release, older.loaded) == ("ENSG00000225032", "ensembl84", ["homo_sapiens-GRCh38-ensembl84"])
     mouse = AnnotationIndex.from_pairs([("ENSMUSG00000000001", "Gnai3")], older=older)
     assert mouse.resolve(GeneRequest("Xkr4x", None, "perturbed")).status == "unmapped"  # another species: nothing
+
+
+def test_map_genes_nodes_of_aliases_and_duplicates() -> None:
+    """Perturbed aliases take the node of the first gene (measured or perturbed); measured duplicates keep theirs."""
+    synonyms = SynonymTable(previous={"OLD1": (("ENSG1", "NEW1"),), "OLD2": (("ENSG2", "NEW2"),)}, alias={},
+                            entrez={})
+    index = AnnotationIndex.from_pairs([("ENSG1", "NEW1"), ("ENSG2", "NEW2")], synonyms=synonyms, release="r1")
+    requests = [GeneRequest("NEW1", "NEW1", "measured"), GeneRequest("NEW1b", "ENSG1", "measured"),
+                GeneRequest("NEW2", None, "perturbed"), GeneRequest("OLD1", None, "perturbed"),
+                GeneRequest("OLD2", None, "perturbed")]
+    mapped, missing, mapping = annotate.map_genes(requests, index)
+    by = mapping.set_index("dataset_name")
+    assert by["node"].to_dict() == {"NEW1": "NEW1", "NEW1b": "NEW1b", "NEW2": "NEW2", "OLD1": "NEW1", "OLD2": "NEW2"}
+    assert by["status"].to_dict() == {"NEW1": "mapped", "NEW1b": "duplicate", "NEW2": "mapped", "OLD1": "mapped",
+                                      "OLD2": "mapped"}
+    assert (by.loc["NEW1", "role"], by.loc["NEW2", "role"]) == ("both", "perturbed")
+    assert by.loc["OLD2", "evidence"].endswith("the same gene as perturbed NEW2, whose node it takes")
+    assert set(by["release"]) == {"r1"} and by.loc["OLD1", "symbol"] == "NEW1"
+    assert [(r.dataset_name, r.role) for r, _ in mapped] == [("NEW1", "both"), ("NEW2", "perturbed")]
+    assert missing["gene"].tolist() == ["NEW1b"]

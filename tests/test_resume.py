@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -59,28 +60,36 @@ def command(root: Path, *args: str) -> tuple[list[str], dict[str, str]]:
     return cmd, env
 
 
-def start(root: Path, *args: str) -> subprocess.Popen:
-    """Snakemake in its own session (process group); its output goes to ``proc.out`` under root."""
+@dataclass
+class Job:
+    """A Snakemake process started in its own session (process group) and the file of its output."""
+
+    proc: subprocess.Popen
+    out: Path
+
+    def output(self) -> str:
+        return self.out.read_text()
+
+
+def start(root: Path, *args: str) -> Job:
     cmd, env = command(root, *args)
     out = root / f"snakemake_{len(list(root.glob('snakemake_*.out')))}.out"
     with out.open("w") as handle:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=handle, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    proc.out = out  # type: ignore[attr-defined]
-    return proc
+    return Job(proc, out)
 
 
-def finish(proc: subprocess.Popen, *, check: bool = True) -> str:
-    """Wait for ``proc`` and return its output; AssertionError with the tail when it failed and ``check``."""
+def finish(job: Job, *, check: bool = True) -> str:
+    """Wait for ``job`` and return its output; AssertionError with the tail when it failed and ``check``."""
     try:
-        proc.wait(timeout=TIMEOUT)
+        job.proc.wait(timeout=TIMEOUT)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    text = proc.out.read_text()  # type: ignore[attr-defined]
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{text[-5000:]}")
-    return text
+        if job.proc.poll() is None:
+            os.killpg(job.proc.pid, signal.SIGKILL)
+    if check and job.proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({job.proc.returncode}):\n{job.output()[-5000:]}")
+    return job.output()
 
 
 def run(root: Path, *args: str, check: bool = True) -> str:
@@ -113,52 +122,57 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
 def jobs(text: str) -> set[str]:
     """Rules of the jobs a Snakemake run started."""
     return set(re.findall(r"^\s*(?:local)?rule (\w+):", text, flags=re.M))
 
 
-def kill_during_training(root: Path, proc: subprocess.Popen) -> None:
+def kill_during_training(root: Path, job: Job) -> None:
     """SIGKILL the whole Snakemake process group once `train` has logged its first epoch."""
     log = root / "logs" / RUN / "train_full.log"
     deadline = time.monotonic() + TIMEOUT
     while not (log.exists() and re.search(r"\bepoch 1\b", log.read_text())):
-        if proc.poll() is not None:
-            raise AssertionError(f"snakemake ended ({proc.returncode}) before train ran:\n{finish(proc, check=False)[-5000:]}")
+        if job.proc.poll() is not None:
+            raise AssertionError(f"snakemake ended ({job.proc.returncode}) before train ran:\n{job.output()[-5000:]}")
         if time.monotonic() > deadline:
-            raise AssertionError("train never started")
+            raise AssertionError(f"train did not start within {TIMEOUT} s")
         time.sleep(0.05)
-    below = descendants(proc.pid)
-    assert any("grape" in Path(f"/proc/{p}/cmdline").read_text(errors="replace") and "train"
-               in Path(f"/proc/{p}/cmdline").read_text(errors="replace") for p in below if alive(p)), \
-        "no train process found below snakemake"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    below = descendants(job.proc.pid)
+    assert any({"grape", "train"} <= set(cmdline(p)) for p in below if alive(p)), "no `grape train` below snakemake"
+    os.killpg(job.proc.pid, signal.SIGKILL)
+    job.proc.wait(timeout=30)
     for pid in below:  # a power loss leaves nothing running: neither must this kill
         for _ in range(100):
             if not alive(pid):
                 break
             time.sleep(0.05)
-        assert not alive(pid), f"process {pid} survived the kill"
+        assert not alive(pid), f"process {pid} ({' '.join(cmdline(pid))[:200]}) survived the kill"
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """The straight run and the killed-and-resumed run, side by side."""
+    """The straight run and the killed-and-resumed run, side by side (one core each)."""
     base = tmp_path_factory.mktemp("resume")
     straight, killed = copy_workflow(base / "straight"), copy_workflow(base / "killed")
-    t0 = time.monotonic()
-    straight_proc = start(straight)
-    killed_proc = start(killed)
-    kill_during_training(killed, killed_proc)
-    train_outputs = sorted(p.name for p in (killed / "results" / RUN / "train" / "full").glob("*")) \
-        if (killed / "results" / RUN / "train" / "full").exists() else []
-    locked = run(killed, check=False)
-    run(killed, "--unlock")
-    resumed = run(killed, "--rerun-incomplete")
-    finish(straight_proc)
+    straight_job = start(straight)
+    try:
+        kill_during_training(killed, start(killed))
+        train_dir = killed / "results" / RUN / "train" / "full"
+        after_kill = sorted(p.name for p in train_dir.glob("*")) if train_dir.exists() else []
+        locked = run(killed, check=False)
+        run(killed, "--unlock")
+        resumed = run(killed, "--rerun-incomplete")
+    finally:
+        finish(straight_job)
     return {"straight": straight, "killed": killed, "locked": locked, "resumed": resumed,
-            "train_outputs_after_kill": train_outputs, "seconds": time.monotonic() - t0}
+            "train_outputs_after_kill": after_kill}
 
 
 def test_a_killed_run_is_locked_until_unlocked(runs):
