@@ -10,7 +10,12 @@ CORES ?= all
 # Jobs call `python -m grape`: put the venv first on PATH for them.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo ablations test lint clean
+# cell-eval (Arc Institute) in a venv of its own: the test of the predictions in its format runs
+# `cell-eval run` when it installs, and skips with the reason when it does not.
+CELL_EVAL_VENV := .venv-cell-eval
+CELL_EVAL := $(CELL_EVAL_VENV)/bin/cell-eval
+
+.PHONY: install demo ablations test lint clean cell-eval
 
 install: $(STAMP)
 
@@ -29,8 +34,13 @@ ablations: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml workflow/configs/demo_ablations.yaml
 	@cat results/demo/report/summary.md
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+cell-eval: $(CELL_EVAL)
+
+$(CELL_EVAL):
+	-$(PYTHON) -m venv $(CELL_EVAL_VENV) && $(CELL_EVAL_VENV)/bin/python -m pip install --quiet cell-eval==0.8.2
+
+test: $(STAMP) cell-eval
+	GRAPE_CELL_EVAL=$(if $(wildcard $(CELL_EVAL)),$(abspath $(CELL_EVAL))) $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

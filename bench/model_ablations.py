@@ -15,6 +15,7 @@ learned network (precision at k against the demo's true network, as ``grape netw
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import subprocess
 import sys
@@ -35,9 +36,16 @@ log = logging.getLogger("bench.model_ablations")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def demo_dir(results: Path) -> Path:
+    """The run's demo directory (resources/demo/<settings hash>/), as its preflight report records it."""
+    report = json.loads((results / "preflight" / "preflight.json").read_text())
+    return (ROOT / report["dataset"]).parent
+
+
 def train(variant: str, seed: int, out: Path, results: Path, extra: list[str]) -> Path:
-    cmd = [sys.executable, "-m", "grape", "train", "--dataset", str(ROOT / "resources/demo/perturb.h5ad"),
+    cmd = [sys.executable, "-m", "grape", "train", "--dataset", str(demo_dir(results) / "perturb.h5ad"),
            "--graph", str(results / "graph/graph.safetensors"), "--split", str(results / "split/split.tsv"),
+           "--mapping", str(results / "annotate/mapping.tsv"),
            "--out-dir", str(out), "--seed", str(seed), "--threads", "1", "--device", "cpu", *extra]
     if variant != "full":
         cmd += ["--ablation", variant]
@@ -66,13 +74,13 @@ def main() -> None:
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s")
     results = ROOT / "results" / args.run
     options = DatasetOptions()
-    adata = ad.read_h5ad(ROOT / "resources/demo/perturb.h5ad")
+    adata = ad.read_h5ad(demo_dir(results) / "perturb.h5ad")
     means = pseudobulk(adata, options=options)
     ctrl = means.loc[options.control].to_numpy()
     split = pd.read_csv(results / "split/split.tsv", sep="\t")
     test = split.loc[split["split"] == "test"]
     genes = load_graph(results / "graph/graph.safetensors").genes
-    truth = pd.read_csv(ROOT / "resources/demo/truth_network.tsv", sep="\t", dtype=str)
+    truth = pd.read_csv(demo_dir(results) / "truth_network.tsv", sep="\t", dtype=str)
     prior = network.prior_network(results / "graph/graph.safetensors")
     net_options = network.Options(ks=args.ks)
 

@@ -10,7 +10,7 @@ an epoch. An epoch is GEARS' own: one pass over the training cells plus its eval
 of the training and validation sets (its ``train()`` also tests the model once at the end;
 that cost is subtracted). Prints one JSON line.
 
-    /tmp/gears-venv/bin/python bench/model_gears_epoch.py --h5ad resources/demo/perturb.h5ad --epochs 3
+    /tmp/gears-venv/bin/python bench/model_gears_epoch.py --h5ad resources/demo/<settings hash>/perturb.h5ad --epochs 3
 """
 
 from __future__ import annotations

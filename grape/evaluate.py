@@ -94,7 +94,8 @@ CLI_PATHS = {
     "mapping": PathArg("mapping.tsv from `grape annotate` (aliases, excluded features)", required=False),
     "run_config": PathArg("the run's resolved configuration, YAML or JSON, recorded in metrics.json "
                           "('-' reads it from standard input)", required=False),
-    "out_dir": PathArg("output directory: metrics.tsv, per_condition.tsv, metrics.json, test_predictions.h5ad"),
+    "out_dir": PathArg("output directory: metrics.tsv, per_condition.tsv, metrics.json, test_predictions.h5ad, "
+                       "cell_eval_pred.h5ad and cell_eval_real.h5ad (cell-eval run's input)"),
 }
 
 N_RANKED_KEPT = max(DIRECTION_TOP)  # ranked DE genes kept per condition (the metrics read at most 200)
@@ -569,3 +570,19 @@ def run(
     table.uns["contexts"] = contexts
     with atomic_path(out_dir / "test_predictions.h5ad") as tmp:
         table.write_h5ad(tmp)
+    write_cell_eval_files(adata, table, conditions=test_conds, options=options, contexts=contexts, out_dir=out_dir)
+
+
+def write_cell_eval_files(adata: ad.AnnData, table: ad.AnnData, *, conditions: list[str], options: Options,
+                          contexts: list[str], out_dir: Path) -> None:
+    """The full model's test predictions in the format of Arc's ``cell-eval run`` (:mod:`grape.celleval`):
+    ``cell_eval_pred.h5ad`` and ``cell_eval_real.h5ad``. Not for changes from control (``dataset.relative``),
+    which cell-eval cannot read."""
+    from grape.celleval import table_predictions, write_cell_eval
+
+    if options.relative:
+        log.info("no cell-eval files: dataset.relative holds changes from control, cell-eval needs expression")
+        return
+    write_cell_eval(adata, table_predictions(table, model="grape"), conditions=conditions, options=options,
+                    model="grape", out_pred=out_dir / "cell_eval_pred.h5ad", out_real=out_dir / "cell_eval_real.h5ad",
+                    context_key=context_column(options) if len(contexts) > 1 else None)

@@ -136,6 +136,7 @@ class ModelConfig:
     gsl_k: int = 10
     gsl_prior_weight: float = 0.5
     gsl_chunk_size: int = 4096
+    gsl_refresh: int = 10
     attention_hidden: int = 32
     global_context: bool = True
     doubles: str = "additive"
@@ -182,6 +183,84 @@ def canonical_sets(perturbed: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
+class Aggregation:
+    """CSR plan of ``out[dst * R + rel] += value * x[src]`` over a fixed edge list (built once per graph).
+
+    ``order`` puts the edges in CSR order (by row ``dst * R + rel``, then source); the transpose
+    (rows: sources) serves the gradient with respect to ``x``. Node types: ``type_order``
+    lists the nodes grouped by type (``type_counts`` of each), ``type_inverse`` undoes it.
+    """
+
+    num_nodes: int
+    num_relations: int
+    crow: Tensor
+    col: Tensor
+    order: Tensor
+    t_crow: Tensor
+    t_col: Tensor
+    t_order: Tensor
+    type_order: Tensor
+    type_counts: tuple[int, ...]
+    type_inverse: Tensor
+
+
+def aggregation_plan(src: Tensor, dst: Tensor, relation: Tensor, num_nodes: int, num_relations: int,
+                     node_type: Tensor, num_types: int) -> Aggregation:
+    """The :class:`Aggregation` of edges ``src -> dst`` (unique pairs) of relation ``relation``."""
+    rows = num_nodes * num_relations
+    row = dst * num_relations + relation
+    order = torch.argsort(row * num_nodes + src)
+    crow = torch.zeros(rows + 1, dtype=torch.long, device=src.device)
+    crow[1:] = torch.bincount(row, minlength=rows).cumsum(0)
+    t_order = torch.argsort(src * rows + row)
+    t_crow = torch.zeros(num_nodes + 1, dtype=torch.long, device=src.device)
+    t_crow[1:] = torch.bincount(src, minlength=num_nodes).cumsum(0)
+    type_order = torch.argsort(node_type, stable=True)
+    counts = tuple(torch.bincount(node_type, minlength=num_types).tolist())
+    return Aggregation(num_nodes, num_relations, crow, src[order], order, t_crow, row[t_order], t_order,
+                       type_order, counts, torch.argsort(type_order))
+
+
+class _Aggregate(torch.autograd.Function):
+    """Sparse product of the edge values (CSR, :class:`Aggregation`) with ``x [N, F]``: ``[N * R, F]``.
+
+    Backward: ``A^T @ grad`` for ``x`` and the sampled product (SDDMM) at the edges for the
+    values, so no dense ``N x N`` matrix is ever formed (the COO ``torch.sparse.mm`` forms one
+    for the gradient of its values).
+    """
+
+    @staticmethod
+    def forward(ctx, values: Tensor, x: Tensor, plan: Aggregation) -> Tensor:
+        rows = plan.num_nodes * plan.num_relations
+        a = torch.sparse_csr_tensor(plan.crow, plan.col, values[plan.order], (rows, plan.num_nodes))
+        ctx.save_for_backward(values, x)
+        ctx.plan = plan
+        return torch.sparse.mm(a, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        values, x = ctx.saved_tensors
+        plan: Aggregation = ctx.plan
+        rows = plan.num_nodes * plan.num_relations
+        grad = grad.contiguous()
+        grad_values = grad_x = None
+        if ctx.needs_input_grad[1]:
+            at = torch.sparse_csr_tensor(plan.t_crow, plan.t_col, values[plan.t_order], (plan.num_nodes, rows))
+            grad_x = torch.sparse.mm(at, grad)
+        if ctx.needs_input_grad[0]:
+            pattern = torch.sparse_csr_tensor(plan.crow, plan.col, values.new_zeros(len(values)),
+                                              (rows, plan.num_nodes))
+            sampled = torch.sparse.sampled_addmm(pattern, grad, x.T, beta=0.0).values()
+            grad_values = torch.empty_like(values).index_copy_(0, plan.order, sampled)
+        return grad_values, grad_x, None
+
+
+def aggregate(values: Tensor, x: Tensor, plan: Aggregation) -> Tensor:
+    """``out [N * R, F]`` with ``out[dst * R + rel] = sum of value * x[src]`` over the plan's edges."""
+    return _Aggregate.apply(values, x, plan)
+
+
+@dataclass(frozen=True)
 class Structure:
     """The message-passing graph of one forward pass."""
 
@@ -191,6 +270,7 @@ class Structure:
     relation: Tensor
     graph_loss: Tensor  # regulariser toward the prior (0 without GSL)
     learned: Tensor  # bool: edge proposed by the structure learner
+    plan: Aggregation | None = None  # CSR plan of the edges (None: built on use)
 
 
 class ModalityEncoder(nn.Module):

@@ -51,13 +51,6 @@ DEMO_FILES = {
     "settings": f"{DEMO}/settings.json",
 }
 
-
-def simulate_options():
-    """Flags of the simulate command, sorted by key: the same settings in any order give the
-    same command, so another run with them reuses the demo instead of simulating it again."""
-    section = config["simulate"]
-    return " ".join(shlex.quote(f) for key in sorted(section) for f in (f"--{key.replace('_', '-')}", str(section[key])))
-
 # Config keys that choose the workflow's inputs rather than a stage's options.
 WORKFLOW_KEYS = {"source", "path", "gtf", "cdna", "ncrna", "table", "shards", "gpus_per_job", "ablations",
                  "name", "url", "sha256", "md5", "member", "subset"}
@@ -176,7 +169,7 @@ def opts(*sections):
     """Command-line flags of a stage from config sections (workflow keys left out)."""
     flags = []
     for section in sections:
-        for key, value in config[section].items():
+        for key, value in sorted(config[section].items()):  # sorted: key order in a YAML reruns nothing
             if key in WORKFLOW_KEYS or value is None:
                 continue
             flag = f"--{key.replace('_', '-')}"
@@ -224,6 +217,15 @@ def out_dir(wildcards, output):
 def run_config_json(wildcards):
     """The validated configuration of the run (defaults filled in), recorded in evaluate/metrics.json."""
     return json.dumps(config, sort_keys=True, default=str)
+
+
+def cell_eval_outputs():
+    """The test predictions in cell-eval's format (`cell-eval run --adata-pred ... --adata-real ...`);
+    none for changes from control (dataset.relative), which cell-eval cannot read."""
+    if config["dataset"]["relative"]:
+        return {}
+    return {"cell_eval_pred": f"{RESULTS}/evaluate/cell_eval_pred.h5ad",
+            "cell_eval_real": f"{RESULTS}/evaluate/cell_eval_real.h5ad"}
 
 
 def learned_networks():

@@ -4,7 +4,7 @@ rule evaluate:
         predictions=expand(rules.train.output.predictions, variant=VARIANTS),
         split=rules.split.output[0],
         mapping=rules.annotate.output.mapping,
-        code=code("evaluate", "metrics", "baselines", "de", "data", "identity", "split"),
+        code=code("evaluate", "metrics", "baselines", "de", "data", "identity", "split", "celleval", "normalize"),
     output:
         metrics=report(
             f"{RESULTS}/evaluate/metrics.tsv",
@@ -22,6 +22,7 @@ rule evaluate:
             category="Evaluation",
         ),
         predictions=f"{RESULTS}/evaluate/test_predictions.h5ad",
+        **cell_eval_outputs(),
     params:
         options=opts("dataset", "evaluate"),
         run_config=run_config_json,

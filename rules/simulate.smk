@@ -6,7 +6,7 @@ rule simulate:
     output:
         **DEMO_FILES,
     params:
-        options=simulate_options(),
+        options=opts("simulate"),
         out_dir=out_dir,
     log:
         f"logs/demo/{DEMO_KEY}/simulate.log",

@@ -159,3 +159,25 @@ def test_bad_input_stops_in_preflight_before_any_work(tmp_path, kind, expected):
     assert failed and expected in failed[-1], console[-3000:]
     results = root / "results" / "my_screen"
     assert not (results / "annotate").exists() and not (results / "embed").exists()
+
+
+def test_cell_eval_run_accepts_the_workflow_predictions(user_run, tmp_path):
+    """evaluate/cell_eval_{pred,real}.h5ad of the run, scored by Arc's `cell-eval run` itself (two cell states)."""
+    import subprocess
+
+    from grape.celleval import CELLTYPE_COL, EXECUTABLE_ENV, cell_eval_command, find_cell_eval
+
+    _, results, _ = user_run
+    pred, real = results / "evaluate" / "cell_eval_pred.h5ad", results / "evaluate" / "cell_eval_real.h5ad"
+    assert ad.read_h5ad(pred).n_obs == ad.read_h5ad(real).n_obs > 0
+    exe = find_cell_eval()
+    if exe is None:
+        pytest.skip(f"cell-eval is not installed (`make cell-eval`, or set {EXECUTABLE_ENV})")
+    cmd = cell_eval_command(pred=pred, real=real, outdir=tmp_path / "out", executable=exe, celltype_col=CELLTYPE_COL)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    split = pd.read_csv(results / "split" / "split.tsv", sep="\t")
+    test_conditions = sorted(split.loc[split["split"] == "test", "condition"])
+    for state in STATES:
+        scored = pd.read_csv(tmp_path / "out" / f"{state}_results.csv")
+        assert sorted(scored["perturbation"]) == test_conditions
