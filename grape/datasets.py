@@ -44,6 +44,7 @@ import shutil
 import stat
 import sys
 import tarfile
+import typing
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -508,17 +509,11 @@ def _parser() -> argparse.ArgumentParser:
     cut.add_argument("--dataset", type=Path, required=True, help="the h5ad to subset")
     cut.add_argument("--out", type=Path, required=True, help="the subset h5ad")
     cut.add_argument("--provenance", type=Path, default=None, help="JSON record of the subset")
+    from grape.cli import _add_option  # the same flags as every stage's options
+
+    hints = typing.get_type_hints(SubsetOptions)
     for item in dataclasses.fields(SubsetOptions):
-        flag = "--" + item.name.replace("_", "-")
-        default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
-        if isinstance(default, bool):
-            cut.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=default,
-                             help=item.metadata.get("help"))
-        elif isinstance(default, dict):
-            cut.add_argument(flag, dest=item.name, type=json.loads, default=default, metavar="JSON",
-                             help=item.metadata.get("help"))
-        else:
-            cut.add_argument(flag, dest=item.name, default=default, help=item.metadata.get("help"))
+        _add_option(cut, item, hints)
     return parser
 
 

@@ -554,6 +554,9 @@ def run(
     # observed and predicted means of the test rows, for the report's plots
     subgroup_of = test.set_index("condition")["subgroup"].astype(str)
     var = pd.DataFrame({"gene_name": gene_symbols(adata, options=options)}, index=pd.Index(genes))
+    if identity is not None:  # the resolved symbol and Ensembl id beside the dataset's own label
+        var["symbol"] = [identity.symbol_of(str(g)) for g in var["gene_name"]]
+        var["gene_id"] = [identity.gene_id_of(str(g)) for g in var["gene_name"]]
     if len(contexts) == 1:
         var["control_mean"] = table_control[0][0].astype(np.float64) if table_control else np.nan
     obs = pd.DataFrame({"condition": [c for _, c in table_rows], "context": [k for k, _ in table_rows],

@@ -85,6 +85,9 @@ def test_alias_and_older_names_resolve_to_one_node(user_run):
     assert mapping.loc["RP11-54O7.1", "gene_id"] == "ENSG00000230699"
     predictions = ad.read_h5ad(results / "train" / "full" / "predictions.h5ad")
     assert "C19orf26+TGFBR2" in set(predictions.obs["condition"])
+    table = ad.read_h5ad(results / "evaluate" / "test_predictions.h5ad")  # the user's labels, resolved beside
+    assert table.var.loc["RP11-54O7.1", "symbol"] == "AL645608.2"
+    assert table.var.loc["RP11-54O7.1", "gene_id"] == "ENSG00000230699"
 
 
 def test_non_gene_features_are_no_targets(user_run):
