@@ -12,6 +12,7 @@ of an epoch) and no early stop; the figure is the median of ``history.tsv``'s ``
     .venv/bin/python bench/train_speed.py speed --old /tmp/grape-da19230 --out bench/train_speed.tsv
     .venv/bin/python bench/train_speed.py scaling --out bench/train_scaling.tsv
     .venv/bin/python bench/train_speed.py metrics --old /tmp/grape-da19230 --seeds 0 1 2 --out bench/train_metrics.tsv
+    .venv/bin/python bench/train_speed.py metrics --seeds 0 1 2 --out bench/train_refresh_metrics.tsv
     .venv/bin/python bench/train_speed.py profile --code . --kind carpool
 
 ``worker`` (internal) trains one code on one saved input and prints one JSON line.
@@ -68,8 +69,9 @@ def worker(args: argparse.Namespace) -> None:
 
     inputs = torch.load(args.inputs, weights_only=False)
     problem, graph, split = _problem_and_graph(inputs)
+    overrides = {k: int(v) for k, v in (item.split("=") for item in args.set)}
     options = dataclasses.replace(train.Options(), epochs=args.epochs, patience=args.epochs + 1, device="cpu",
-                                  seed=args.seed, pretrain_epochs=args.pretrain_epochs)
+                                  seed=args.seed, pretrain_epochs=args.pretrain_epochs, **overrides)
     start = time.perf_counter()
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -115,12 +117,14 @@ def _inputs(kind: str, genes: int, directory: Path, seed: int = 0) -> Path:
 
 
 def _launch(code: Path, inputs: Path, *, epochs: int, seed: int = 0, metrics: bool = False,
-            pretrain_epochs: int = 0) -> subprocess.Popen:
+            pretrain_epochs: int = 0, overrides: tuple[str, ...] = ()) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": ""}
     cmd = [sys.executable, str(Path(__file__).resolve()), "worker", "--code", str(code), "--inputs", str(inputs),
            "--epochs", str(epochs), "--seed", str(seed), "--pretrain-epochs", str(pretrain_epochs)]
     if metrics:
         cmd.append("--metrics")
+    if overrides:
+        cmd += ["--set", *overrides]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/tmp")
 
 
@@ -196,10 +200,17 @@ def metrics(args: argparse.Namespace) -> None:
         path = _inputs("carpool", 2000, Path(tmp))
         for seed in args.seeds:
             load = _load()
-            procs = {"old": _launch(Path(args.old), path, epochs=args.epochs, seed=seed, metrics=True,
-                                    pretrain_epochs=args.pretrain_epochs),
-                     "new": _launch(ROOT, path, epochs=args.epochs, seed=seed, metrics=True,
-                                    pretrain_epochs=args.pretrain_epochs)}
+            if args.old:  # the old code against the new
+                procs = {"old": _launch(Path(args.old), path, epochs=args.epochs, seed=seed, metrics=True,
+                                        pretrain_epochs=args.pretrain_epochs),
+                         "new": _launch(ROOT, path, epochs=args.epochs, seed=seed, metrics=True,
+                                        pretrain_epochs=args.pretrain_epochs)}
+            else:  # the new code searching the learned graph every step (the old model) against the default
+                procs = {"new, gsl_refresh 1": _launch(ROOT, path, epochs=args.epochs, seed=seed, metrics=True,
+                                                       pretrain_epochs=args.pretrain_epochs,
+                                                       overrides=("gsl_refresh=1",)),
+                         "new, default": _launch(ROOT, path, epochs=args.epochs, seed=seed, metrics=True,
+                                                 pretrain_epochs=args.pretrain_epochs)}
             for code, proc in procs.items():
                 r = _result(proc)
                 rows.append({"code": code, "seed": seed, "test_pearson_delta": r["test_pearson_delta"],
@@ -238,6 +249,7 @@ def main() -> None:
     w.add_argument("--metrics", action="store_true")
     w.add_argument("--profile", action="store_true")
     w.add_argument("--rows", type=int, default=25)
+    w.add_argument("--set", nargs="*", default=[], help="integer option overrides, key=value")
     s = sub.add_parser("speed")
     s.add_argument("--old", required=True, help="checkout of the old code (commit da19230)")
     s.add_argument("--old-epochs", type=int, default=3)
@@ -247,7 +259,7 @@ def main() -> None:
     c.add_argument("--epochs", type=int, default=3)
     c.add_argument("--out", type=Path)
     m = sub.add_parser("metrics")
-    m.add_argument("--old", required=True)
+    m.add_argument("--old", default="", help="old code checkout; none: gsl_refresh 1 against the default")
     m.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     m.add_argument("--epochs", type=int, default=40)
     m.add_argument("--pretrain-epochs", type=int, default=20)
@@ -259,7 +271,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--rows", type=int, default=25)
     args = parser.parse_args()
-    {"worker": worker, "speed": speed, "scaling": scaling, "metrics": metrics, "profile": profile_cmd}[args.command](args)
+    commands = {"worker": worker, "speed": speed, "scaling": scaling, "metrics": metrics, "profile": profile_cmd}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

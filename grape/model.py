@@ -16,8 +16,9 @@ let a full transcriptome fit:
   similarity, which is the squared norm of its mean unit vector, so no N x N matrix;
   excite: a linear layer and a softmax). The fused similarity is a dot product of
   concatenated scaled unit vectors, so each gene's ``gsl_k`` most similar genes are found
-  by the chunked top-k search of :func:`grape.graph.topk_similar`; only the selected
-  edges' similarities are recomputed with gradients. The learned graph is mixed with the
+  by the chunked top-k search of :func:`grape.graph.topk_similar`, in training every
+  ``gsl_refresh`` steps (the one cost quadratic in N); the selected edges' similarities are
+  recomputed with gradients on every pass (a sampled sparse product, SDDMM). The learned graph is mixed with the
   prior, ``gsl_prior_weight * prior + (1 - gsl_prior_weight) * learned`` (each row
   normalised), and a regulariser pulls the similarity toward the prior: the squared error
   to the prior weight on prior edges and to 0 on as many random pairs (a sampled
@@ -29,8 +30,9 @@ let a full transcriptome fit:
   condition-independent states, so a layer's attention is one regulatory graph shared by
   all conditions (and exportable); it is normalised over all incoming edges of a gene, with
   the edge's graph weight as a prior (``+ log w``). Condition states ``[N, S, hidden]``
-  then flow through one sparse product per relation over ``[N, S * hidden]``: no loop over
-  conditions, no dense N x N matrix.
+  then flow through one CSR product for all relations over ``[N, S * hidden]`` (its
+  backward sparse as well, :class:`Aggregation`): no loop over conditions or relations, no
+  dense N x N matrix.
 * **Perturbations.** A perturbation embedding computed from the perturbed gene's own
   encoded features (so genes never perturbed in training get one) is added at the
   perturbed node; its sum over the condition's genes also reaches every gene through a
@@ -59,6 +61,7 @@ let a full transcriptome fit:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -221,6 +224,20 @@ def aggregation_plan(src: Tensor, dst: Tensor, relation: Tensor, num_nodes: int,
                        type_order, counts, torch.argsort(type_order))
 
 
+def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    """A CSR matrix from a valid plan (no invariant check; torch's "beta" notice silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
+
+
+def _spmm(a: Tensor, x: Tensor) -> Tensor:
+    """CSR ``a`` times dense ``x`` into a fresh tensor (no zero fill and copy of the output)."""
+    if a.device.type != "cpu":
+        return torch.sparse.mm(a, x)
+    return torch.mm(a, x.contiguous(), out=x.new_empty(a.shape[0], x.shape[1]))
+
+
 class _Aggregate(torch.autograd.Function):
     """Sparse product of the edge values (CSR, :class:`Aggregation`) with ``x [N, F]``: ``[N * R, F]``.
 
@@ -232,10 +249,10 @@ class _Aggregate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values: Tensor, x: Tensor, plan: Aggregation) -> Tensor:
         rows = plan.num_nodes * plan.num_relations
-        a = torch.sparse_csr_tensor(plan.crow, plan.col, values[plan.order], (rows, plan.num_nodes))
+        a = _csr(plan.crow, plan.col, values[plan.order], (rows, plan.num_nodes))
         ctx.save_for_backward(values, x)
         ctx.plan = plan
-        return torch.sparse.mm(a, x)
+        return _spmm(a, x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -245,11 +262,10 @@ class _Aggregate(torch.autograd.Function):
         grad = grad.contiguous()
         grad_values = grad_x = None
         if ctx.needs_input_grad[1]:
-            at = torch.sparse_csr_tensor(plan.t_crow, plan.t_col, values[plan.t_order], (plan.num_nodes, rows))
-            grad_x = torch.sparse.mm(at, grad)
+            at = _csr(plan.t_crow, plan.t_col, values[plan.t_order], (plan.num_nodes, rows))
+            grad_x = _spmm(at, grad)
         if ctx.needs_input_grad[0]:
-            pattern = torch.sparse_csr_tensor(plan.crow, plan.col, values.new_zeros(len(values)),
-                                              (rows, plan.num_nodes))
+            pattern = _csr(plan.crow, plan.col, values.new_zeros(len(values)), (rows, plan.num_nodes))
             sampled = torch.sparse.sampled_addmm(pattern, grad, x.T, beta=0.0).values()
             grad_values = torch.empty_like(values).index_copy_(0, plan.order, sampled)
         return grad_values, grad_x, None
@@ -258,6 +274,44 @@ class _Aggregate(torch.autograd.Function):
 def aggregate(values: Tensor, x: Tensor, plan: Aggregation) -> Tensor:
     """``out [N * R, F]`` with ``out[dst * R + rel] = sum of value * x[src]`` over the plan's edges."""
     return _Aggregate.apply(values, x, plan)
+
+
+class _EdgeDot(torch.autograd.Function):
+    """``<u[src_e], u[dst_e]>`` per edge by a sampled product (SDDMM) on a CSR pattern of the edges.
+
+    Backward: ``grad_u = G @ u + G^T @ u`` with ``G`` the sparse matrix of the edges' output
+    gradients; no ``[E, D]`` gathers of the vectors.
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+        n = u.shape[0]
+        order = torch.argsort(dst * n + src)
+        crow = torch.zeros(n + 1, dtype=torch.long, device=u.device)
+        crow[1:] = torch.bincount(dst, minlength=n).cumsum(0)
+        pattern = _csr(crow, src[order], u.new_zeros(len(src)), (n, n))
+        sampled = torch.sparse.sampled_addmm(pattern, u, u.T, beta=0.0).values()
+        ctx.save_for_backward(u, crow, src[order], dst[order], order)
+        return torch.empty_like(sampled).index_copy_(0, order, sampled)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        u, crow, col, row, order = ctx.saved_tensors
+        n = u.shape[0]
+        g = grad[order].contiguous()
+        forward = _csr(crow, col, g, (n, n))  # entry (dst, src): grad_u[dst] += g * u[src]
+        t_order = torch.argsort(col * n + row)
+        t_crow = torch.zeros(n + 1, dtype=torch.long, device=u.device)
+        t_crow[1:] = torch.bincount(col, minlength=n).cumsum(0)
+        backward = _csr(t_crow, row[t_order], g[t_order], (n, n))  # grad_u[src] += g * u[dst]
+        return _spmm(forward, u) + _spmm(backward, u), None, None
+
+
+def edge_dot(u: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+    """``(u[src] * u[dst]).sum(-1)`` per pair (differentiable in ``u``)."""
+    if len(src) == 0:
+        return u.new_zeros(0)
+    return _EdgeDot.apply(u, src, dst)
 
 
 @dataclass(frozen=True)
@@ -289,9 +343,12 @@ class ModalityEncoder(nn.Module):
 class StructureLearner(nn.Module):
     """GCN views of the prior graph, multi-head cosine per view, channel attention, top-k."""
 
-    def __init__(self, hidden: int, *, layers: int, heads: int, k: int, chunk_size: int) -> None:
+    def __init__(self, hidden: int, *, layers: int, heads: int, k: int, chunk_size: int, refresh: int = 1) -> None:
         super().__init__()
-        self.k, self.heads, self.chunk_size = k, heads, chunk_size
+        self.k, self.heads, self.chunk_size, self.refresh = k, heads, chunk_size, max(1, refresh)
+        # selected edges: key -> [index, forwards since the search] (training) or (version, index) (eval)
+        self._train_index: dict = {}
+        self._eval_index: dict = {}
         self.gcn = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(layers)])
         self.head_weight = nn.Parameter(1.0 + 0.1 * torch.randn(layers, heads, hidden))
         self.channel = nn.Linear(layers, layers)
@@ -316,23 +373,47 @@ class StructureLearner(nn.Module):
         alpha = torch.softmax(self.channel(torch.stack(squeeze)), dim=0)
         return torch.cat([(v * (alpha[i] / self.heads).sqrt()).reshape(n, -1) for i, v in enumerate(views)], dim=1)
 
-    def forward(self, h0: Tensor, graph: GraphTensors) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def select(self, u: Tensor, key: tuple = (), version: tuple | None = None) -> Tensor:
+        """Each gene's ``k`` most similar genes, ``[N, k]``: the chunked top-k search, or the cached one.
+
+        In training the search runs on the first forward pass of ``key`` (graph and cell state) and
+        then every ``refresh`` passes; in between the edges stay, their similarities (and so
+        the gradients) come from the current vectors. In evaluation a search is reused while
+        ``version`` (the parameters' in-place versions) is unchanged, i.e. until the next update.
+        """
+        if self.training:
+            entry = self._train_index.get(key)
+            if entry is None or entry[1] >= self.refresh or entry[0].shape[0] != u.shape[0]:
+                entry = [topk_similar(u.detach(), self.k, chunk_size=self.chunk_size)[0], 0]
+                self._train_index = {**{k: v for k, v in self._train_index.items() if k[:1] == key[:1]}, key: entry}
+            entry[1] += 1
+            return entry[0]
+        cached = self._eval_index.get(key)
+        if version is not None and cached is not None and cached[0] == version and cached[1].shape[0] == u.shape[0]:
+            return cached[1]
+        index = topk_similar(u.detach(), self.k, chunk_size=self.chunk_size)[0]
+        self._eval_index = {key: (version, index)} if version is not None else {}
+        return index
+
+    def forward(self, h0: Tensor, graph: GraphTensors, *, key: tuple = (), version: tuple | None = None
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Learned edges (src, dst), their similarity (with gradients) and the prior regulariser."""
         u = self.embed(h0, graph)
         n = graph.num_nodes
         with torch.no_grad():
-            index, _ = topk_similar(u.detach(), self.k, chunk_size=self.chunk_size)
+            index = self.select(u, key, version)
         dst = torch.arange(n, device=u.device).repeat_interleave(index.shape[1])
         src = index.reshape(-1)
-        sim = (u[src] * u[dst]).sum(-1)
+        sim = edge_dot(u, src, dst)
         if not self.training:
             return src, dst, sim.clamp(min=0), u.new_zeros(())
         ps, pd = graph.edge_index
         prior = graph.edge_weight / graph.edge_weight.max().clamp(min=1e-12) if len(ps) else graph.edge_weight
         neg_src = torch.randint(n, (max(len(ps), n),), device=u.device)
         neg_dst = torch.randint(n, (max(len(ps), n),), device=u.device)
-        neg = (u[neg_src] * u[neg_dst]).sum(-1)[neg_src != neg_dst]
-        pos_term = ((u[ps] * u[pd]).sum(-1) - prior).pow(2).mean() if len(ps) else u.new_zeros(())
+        distinct = neg_src != neg_dst
+        neg = edge_dot(u, neg_src[distinct], neg_dst[distinct])
+        pos_term = (edge_dot(u, ps, pd) - prior).pow(2).mean() if len(ps) else u.new_zeros(())
         graph_loss = pos_term + neg.pow(2).mean()
         return src, dst, sim.clamp(min=0), graph_loss
 
@@ -361,23 +442,28 @@ class RelationAttentionLayer(nn.Module):
         return segment_softmax(score, dst, num_nodes=h0.shape[0])
 
     def forward(self, h: Tensor, node_type: Tensor, structure: Structure, alpha: Tensor) -> Tensor:
-        """New condition states ``[N, S, hidden]`` from ``h`` (same shape)."""
+        """New condition states ``[N, S, hidden]`` from ``h`` (same shape).
+
+        Messages: one CSR product for all relations (rows ``dst * R + rel``), then the
+        relations' message weights in one matrix product; root: each node type's linear map
+        on its own nodes (grouped once per graph).
+        """
         n, s, hid = h.shape
-        flat = h.reshape(n, s * hid)
-        message = torch.zeros_like(h)
-        for r in range(self.message.shape[0]):
-            sel = structure.relation == r
-            if not bool(sel.any()):
-                continue
-            adj = torch.sparse_coo_tensor(
-                torch.stack([structure.dst[sel], structure.src[sel]]), alpha[sel], (n, n), check_invariants=False
-            ).coalesce()
-            message = message + torch.sparse.mm(adj, flat).reshape(n, s, hid) @ self.message[r]
-        root = torch.zeros_like(h)
-        for t, lin in enumerate(self.root):
-            mask = node_type == t
-            root[mask] = lin(h[mask])
-        return self.norm(h + self.dropout(nn.functional.gelu(root + message)))
+        r = self.message.shape[0]
+        plan = structure.plan
+        if plan is None:
+            plan = aggregation_plan(structure.src, structure.dst, structure.relation, n, r, node_type, len(self.root))
+        gathered = aggregate(alpha, h.reshape(n, s * hid), plan).view(n, r, s, hid)
+        message = torch.einsum("nrsh,rhk->nsk", gathered, self.message)
+        if len(self.root) == 1:
+            root = self.root[0](h)
+        else:
+            parts = h.index_select(0, plan.type_order).split(list(plan.type_counts))
+            root = torch.cat([lin(part) for lin, part in zip(self.root, parts)]).index_select(0, plan.type_inverse)
+        update = nn.functional.gelu(root + message)
+        if update.stride() != h.stride():  # dropout draws its mask in memory order: keep the states' layout
+            update = torch.empty_like(h).copy_(update)
+        return self.norm(h + self.dropout(update))
 
 
 class GRAPE(nn.Module):
@@ -404,7 +490,7 @@ class GRAPE(nn.Module):
         self.context = nn.Linear(context_dim, h)
         self.structure_learner = (
             StructureLearner(h, layers=config.gsl_layers, heads=config.gsl_heads, k=config.gsl_k,
-                             chunk_size=config.gsl_chunk_size)
+                             chunk_size=config.gsl_chunk_size, refresh=config.gsl_refresh)
             if config.gsl else None
         )
         self.layers = nn.ModuleList([
@@ -424,6 +510,7 @@ class GRAPE(nn.Module):
             self.interaction = nn.Sequential(nn.Linear(h + 2, h), nn.GELU(), nn.Linear(h, 1))
             nn.init.zeros_(self.interaction[-1].weight)
             nn.init.zeros_(self.interaction[-1].bias)
+        self._topology: dict = {}  # structure key -> union of prior and learned edges (see structure)
         self.set_observed_singles(torch.empty(0, dtype=torch.long), torch.zeros(0, num_nodes),
                                   torch.zeros(num_nodes, dtype=torch.bool))
 
@@ -477,25 +564,47 @@ class GRAPE(nn.Module):
 
     # ------------------------------------------------------------------ graph
 
-    def structure(self, graph: GraphTensors, h0: Tensor) -> Structure:
-        """The prior graph, mixed with the learned one when GSL is on."""
+    def _version(self) -> tuple:
+        """In-place versions of every parameter: changes with each optimiser step and state-dict load."""
+        return tuple(p._version for p in self.parameters())
+
+    def structure(self, graph: GraphTensors, h0: Tensor, context: int = 0) -> Structure:
+        """The prior graph, mixed with the learned one when GSL is on.
+
+        The union of prior and learned edges (its coalescing and CSR plan) is built when the
+        learned edges change, i.e. at each search (:meth:`StructureLearner.select`); the
+        weights are recomputed every pass.
+        """
         n = graph.num_nodes
         ps, pd = graph.edge_index
         prior = row_normalized(ps, pd, graph.edge_weight.clamp(min=0), n)
+        n_rel, n_types = len(graph.node_types) ** 2, len(graph.node_types)
         if self.structure_learner is None:
             src, dst, weight = ps, pd, prior
             learned = torch.zeros_like(ps, dtype=torch.bool)
-            graph_loss = h0.new_zeros(())
-        else:
-            ls, ld, sim, graph_loss = self.structure_learner(h0, graph)
-            lam = self.config.gsl_prior_weight
-            src = torch.cat([ps, ls])
-            dst = torch.cat([pd, ld])
-            weight = torch.cat([lam * prior, (1 - lam) * row_normalized(ls, ld, sim, n)])
-            flag = torch.cat([torch.zeros_like(ps, dtype=torch.float), torch.ones_like(ls, dtype=torch.float)])
-            src, dst, weight_flag = coalesce_edges(src, dst, torch.stack([weight, flag], 1), n)
-            weight, learned = weight_flag[:, 0], weight_flag[:, 1] > 0
-        return Structure(src, dst, weight, graph.relation_of(src, dst), graph_loss, learned)
+            plan = aggregation_plan(src, dst, graph.relation_of(src, dst), n, n_rel, graph.node_type, n_types)
+            return Structure(src, dst, weight, graph.relation_of(src, dst), h0.new_zeros(()), learned, plan)
+        key = (id(graph), n, graph.edge_index.data_ptr(), context)
+        ls, ld, sim, graph_loss = self.structure_learner(h0, graph, key=key,
+                                                         version=None if self.training else self._version())
+        lam = self.config.gsl_prior_weight
+        values = torch.cat([lam * prior, (1 - lam) * row_normalized(ls, ld, sim, n)])
+        cache_key = (*key, self.training)
+        topology = self._topology.get(cache_key)
+        # the cached topology holds the old learned edges, so a new search never reuses their address
+        if topology is None or topology[0].data_ptr() != ls.data_ptr() or topology[0].shape != ls.shape:
+            src, dst = torch.cat([ps, ls]), torch.cat([pd, ld])
+            unique, inverse = torch.unique(dst * n + src, return_inverse=True)
+            src, dst = unique % n, unique // n
+            learned = torch.zeros(len(unique), dtype=torch.bool, device=src.device)
+            learned[inverse[len(ps):]] = True
+            relation = graph.relation_of(src, dst)
+            plan = aggregation_plan(src, dst, relation, n, n_rel, graph.node_type, n_types)
+            topology = (ls, src, dst, inverse, learned, relation, plan)
+            self._topology = {**{k: v for k, v in self._topology.items() if k[0] == key[0]}, cache_key: topology}
+        _, src, dst, inverse, learned, relation, plan = topology
+        weight = values.new_zeros(len(src)).index_add(0, inverse, values)
+        return Structure(src, dst, weight, relation, graph_loss, learned, plan)
 
     # ------------------------------------------------------------------ forward
 
@@ -528,7 +637,7 @@ class GRAPE(nn.Module):
         """
         rows = canonical_sets(perturbed)
         h0 = self.encode(graph, context)
-        structure = self.structure(graph, h0)
+        structure = self.structure(graph, h0, context)
         auxiliary = (rows.new_zeros(0), h0.new_zeros(0, graph.num_nodes))
         if self.config.doubles == "joint":
             sets, inverse = torch.unique(rows, dim=0, return_inverse=True)
@@ -593,7 +702,7 @@ class GRAPE(nn.Module):
         """The learned message-passing graph of cell state ``context``: edges, graph weight,
         attention (mean over layers)."""
         h0 = self.encode(graph, context)
-        structure = self.structure(graph, h0)
+        structure = self.structure(graph, h0, context)
         alphas = [layer.attention(h0, structure) for layer in self.layers]
         attention = torch.stack(alphas).mean(0) if alphas else structure.weight
         return {"src": structure.src, "dst": structure.dst, "weight": structure.weight,

@@ -125,6 +125,8 @@ class Options(DatasetOptions):
     gsl_heads: int = field(default=4, metadata={"help": "similarity heads per view"})
     gsl_k: int = field(default=10, metadata={"help": "learned edges per gene (incoming)"})
     gsl_prior_weight: float = field(default=0.5, metadata={"help": "weight of the prior graph in the mixed graph"})
+    gsl_refresh: int = field(default=10,
+                             metadata={"help": "training steps between two top-k searches of the learned graph"})
     global_context: bool = field(default=True, metadata={"help": "a gated path from the perturbation to every gene"})
     doubles: str = field(default="additive", metadata={"help": "additive: singles' sum + learned interaction; joint: inject both"})
     observed_singles: bool = field(
@@ -166,7 +168,8 @@ class Options(DatasetOptions):
         return ModelConfig(
             hidden=self.hidden, layers=self.layers, dropout=self.dropout, modalities=tuple(self.modalities),
             gsl=self.gsl, gsl_layers=self.gsl_layers, gsl_heads=self.gsl_heads, gsl_k=self.gsl_k,
-            gsl_prior_weight=self.gsl_prior_weight, global_context=self.global_context, doubles=self.doubles,
+            gsl_prior_weight=self.gsl_prior_weight, gsl_refresh=self.gsl_refresh, global_context=self.global_context,
+            doubles=self.doubles,
             observed_singles=self.observed_singles, temperature=self.temperature,
         )
 
@@ -453,14 +456,22 @@ def fit(
 
     Deterministic algorithms are switched on while training (warnings only where an op has
     none, e.g. some CUDA kernels): without them the CPU's multi-threaded accumulations in
-    the backward pass (index_put / index_add) differ from run to run in the last bits.
+    the backward pass (index_put / index_add) differ from run to run in the last bits. Their
+    side effect of filling every new tensor's memory with NaN
+    (``torch.utils.deterministic.fill_uninitialized_memory``) is switched off: it changes no
+    result and took a third of an epoch's time.
     """
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    import torch.utils.deterministic as deterministic
+
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                deterministic.fill_uninitialized_memory)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic.fill_uninitialized_memory = False
     try:
         return _fit(problem, graph, split, options=options, device=device)
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        deterministic.fill_uninitialized_memory = previous[2]
 
 
 def _fit(

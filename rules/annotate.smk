@@ -21,7 +21,7 @@ rule annotate:
     input:
         unpack(annotation_files),
         dataset=dataset_path(),
-        preflight=ancient(rules.preflight.output[0]),
+        preflight=rules.preflight.output[0],
         code=code("annotate", "ensembl", "download", "data", "identity"),
     output:
         genes=f"{RESULTS}/annotate/genes.tsv",

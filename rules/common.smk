@@ -214,6 +214,21 @@ def out_dir(wildcards, output):
 # --- evaluation and report ---------------------------------------------------------------
 
 
+def preflight_config_json(wildcards):
+    """The configuration keys the preflight stage checks (defaults filled in): the dataset and annotate
+    sections, the split's kind and table, the biotype groups and the devices. Only these are its
+    params, so that changing another key (train.epochs, split.seed) does not rerun it, nor what follows."""
+    checked = {
+        "dataset": config["dataset"],
+        "annotate": config["annotate"],
+        "split": {k: config["split"][k] for k in ("kind", "table")},
+        "graph": {"biotype_groups": config["graph"]["biotype_groups"]},
+        "train": {"device": config["train"]["device"]},
+        "embed": {"device": config["embed"]["device"]},
+    }
+    return json.dumps(checked, sort_keys=True, default=str)
+
+
 def run_config_json(wildcards):
     """The validated configuration of the run (defaults filled in), recorded in evaluate/metrics.json."""
     return json.dumps(config, sort_keys=True, default=str)

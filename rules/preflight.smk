@@ -1,6 +1,6 @@
 # Checks the dataset, the split table and the configuration in seconds, before any
-# expensive job: every later stage depends on its report. Its input is ancient() for
-# them, so a rerun of the check (any config change) reruns nothing else.
+# expensive job: annotate and split, and so every later stage, depend on its report. Its
+# params are only the keys it checks (preflight_config_json), so other changes rerun no check.
 
 
 rule preflight:
@@ -11,7 +11,7 @@ rule preflight:
     output:
         f"{RESULTS}/preflight/preflight.json",
     params:
-        run_config=run_config_json,
+        run_config=preflight_config_json,
         table=split_table_flag,
     log:
         f"{LOGS}/preflight.log",

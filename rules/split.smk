@@ -2,7 +2,7 @@ rule split:
     input:
         dataset=dataset_path(),
         table=split_table(),
-        preflight=ancient(rules.preflight.output[0]),
+        preflight=rules.preflight.output[0],
         code=code("split", "data", "identity"),
     output:
         f"{RESULTS}/split/split.tsv",

@@ -12,8 +12,11 @@ from grape.model import (
     GRAPE,
     GraphTensors,
     ModelConfig,
+    aggregate,
+    aggregation_plan,
     canonical_sets,
     coalesce_edges,
+    edge_dot,
     normalized_adjacency,
 )
 from grape.train import graph_tensors
@@ -397,3 +400,73 @@ def test_graph_tensors_ablations():
     full = graph_tensors(g, control, measured)
     # the prior is rebuilt from the text alone, so it differs from the two-modality prior
     assert {tuple(e) for e in text_only.edge_index.T.tolist()} != {tuple(e) for e in full.edge_index.T.tolist()}
+
+
+# --------------------------------------------------------------------------- sparse kernels and refresh
+
+
+def test_aggregation_equals_index_add_and_has_exact_gradients():
+    g = torch.Generator().manual_seed(3)
+    n, relations = 9, 4
+    key = torch.randint(n * n, (40,), generator=g).unique()
+    src, dst = key % n, key // n
+    relation = torch.randint(relations, (len(key),), generator=g)
+    plan = aggregation_plan(src, dst, relation, n, relations, torch.randint(2, (n,), generator=g), 2)
+    values = torch.rand(len(key), generator=g, dtype=torch.double).requires_grad_()
+    x = torch.randn(n, 5, generator=g, dtype=torch.double).requires_grad_()
+    dense = torch.zeros(n * relations, 5, dtype=torch.double).index_add(0, dst * relations + relation,
+                                                                        values[:, None] * x[src])
+    torch.testing.assert_close(aggregate(values, x, plan), dense)
+    assert torch.autograd.gradcheck(lambda v, y: aggregate(v, y, plan), (values, x))
+
+
+def test_edge_dot_equals_gathered_dot_and_has_exact_gradients():
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(8, 6, generator=g, dtype=torch.double).requires_grad_()
+    src, dst = torch.randint(8, (30,), generator=g), torch.randint(8, (30,), generator=g)  # repeats, self pairs
+    torch.testing.assert_close(edge_dot(u, src, dst), (u[src] * u[dst]).sum(-1))
+    assert torch.autograd.gradcheck(lambda v: edge_dot(v, src, dst), (u,))
+
+
+def test_learned_graph_is_refreshed_every_gsl_refresh_steps_with_gradients_between():
+    graph = tiny_graph(n=23)
+    model = make_model(graph=graph, gsl_refresh=3).train()
+    calls = []
+    learner = model.structure_learner
+    original = learner.select
+
+    def counting(u, key=(), version=None):
+        before = dict(learner._train_index)
+        index = original(u, key, version)
+        calls.append(before.get(key) is None or before[key][0] is not index)
+        return index
+
+    learner.select = counting
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(7):
+        optimizer.zero_grad()
+        pred, graph_loss = model(graph, BATCH, with_graph_loss=True)
+        (pred.pow(2).mean() + graph_loss).backward()
+        assert learner.head_weight.grad is not None and learner.head_weight.grad.abs().sum() > 0
+        optimizer.step()
+    assert calls == [True, False, False, True, False, False, True]  # a search on steps 1, 4, 7
+
+
+def test_evaluation_reuses_the_search_until_the_parameters_change():
+    graph = tiny_graph(n=23)
+    model = make_model(graph=graph).eval()
+    first = model.network(graph)
+    index = model.structure_learner._eval_index
+    again = model.network(graph)
+    assert model.structure_learner._eval_index is index  # no new search
+    assert torch.equal(first["src"], again["src"])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.structure_learner.head_weight.normal_()
+    changed = model.network(graph)  # parameters changed in place: a new search
+    model.load_state_dict(state)
+    restored = model.network(graph)
+    assert torch.equal(restored["src"], first["src"]) and torch.equal(restored["weight"], first["weight"])
+    assert model.structure_learner._eval_index is not index
+    assert changed["src"].shape == first["src"].shape
+
