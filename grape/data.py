@@ -206,18 +206,18 @@ def context_labels(adata: ad.AnnData, *, options: DatasetOptions) -> np.ndarray:
     return labels
 
 
-def pseudobulk_by_context(adata: ad.AnnData, *, options: DatasetOptions) -> dict[str, pd.DataFrame]:
-    """:func:`pseudobulk` of each context (sorted), each with that context's control row.
+def context_parts(adata: ad.AnnData, *, options: DatasetOptions) -> dict[str, ad.AnnData]:
+    """The rows of each context (sorted; views of ``adata``); one context: ``adata`` itself.
 
-    One context gives exactly :func:`pseudobulk` of the whole dataset. Raises
-    :class:`DatasetError` naming the context and column when a context has no control
-    rows (unless ``dataset.relative``, where an absent control is zero).
+    Raises :class:`DatasetError` naming the context and column when a context has no control
+    rows (unless ``dataset.relative``, where an absent control is zero): each context is
+    compared with its own control.
     """
     labels = context_labels(adata, options=options)
     names = sorted(set(labels))
     if len(names) == 1:
-        return {names[0]: pseudobulk(adata, options=options)}
-    out: dict[str, pd.DataFrame] = {}
+        return {names[0]: adata}
+    out: dict[str, ad.AnnData] = {}
     column = context_column(options)
     for name in names:
         part = adata[labels == name]
@@ -226,8 +226,16 @@ def pseudobulk_by_context(adata: ad.AnnData, *, options: DatasetOptions) -> dict
             raise DatasetError(
                 f"context {name!r} of obs[{column!r}] has no control rows labelled {options.control!r}: each "
                 "context is compared with its own control; add its control cells or set dataset.context_key")
-        out[name] = pseudobulk(part, options=options)
+        out[name] = part
     return out
+
+
+def pseudobulk_by_context(adata: ad.AnnData, *, options: DatasetOptions) -> dict[str, pd.DataFrame]:
+    """:func:`pseudobulk` of each context of :func:`context_parts`, each with that context's control row.
+
+    One context gives exactly :func:`pseudobulk` of the whole dataset.
+    """
+    return {name: pseudobulk(part, options=options) for name, part in context_parts(adata, options=options).items()}
 
 
 def row_names(conditions: list[str], contexts: list[str]) -> list[str]:

@@ -69,11 +69,10 @@ from grape.baselines import BASELINES, FIT_SPLITS, check_fit_splits, fit_predict
 from grape.cli import PathArg
 from grape.data import (
     POOLED,
-    DatasetError,
     DatasetOptions,
     condition_genes,
     context_column,
-    context_labels,
+    context_parts,
     gene_symbols,
     read_dataset,
     row_names,
@@ -380,23 +379,23 @@ def _json_value(x: Any) -> Any:
 
 
 def _context_parts(adata: ad.AnnData, *, options: DatasetOptions) -> dict[str, ad.AnnData]:
-    """The dataset of each context (sorted); one context: the dataset itself.
+    """The dataset of each context (:func:`grape.data.context_parts`, copied); one context: the dataset itself.
 
     With several contexts in a column other than ``dataset.cell_type_key``, DE rankings
     in ``uns`` are not per context, so they are dropped and computed within each context.
     """
-    labels = context_labels(adata, options=options)
-    names = sorted(set(labels))
-    if len(names) == 1:
-        return {names[0]: adata}
-    parts = {}
-    for name in names:
-        part = adata[labels == name].copy()
-        if context_column(options) != options.cell_type_key and "condition_name" not in part.obs.columns:
+    parts = context_parts(adata, options=options)
+    if len(parts) == 1:
+        return parts
+    drop_rankings = context_column(options) != options.cell_type_key and "condition_name" not in adata.obs.columns
+    copies = {}
+    for name, view in parts.items():
+        part = view.copy()
+        if drop_rankings:
             for key in UNS_KEYS:
                 part.uns.pop(key, None)
-        parts[name] = part
-    return parts
+        copies[name] = part
+    return copies
 
 
 def _merge_notes(notes: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -444,13 +443,7 @@ def run(
         adata = adata[:, keep].copy()
     parts = _context_parts(adata, options=options)
     contexts = list(parts)
-    stats = {}
-    for name, part in parts.items():
-        means, stds = condition_stats(part, options=options)
-        if options.control not in means.index:
-            raise DatasetError(f"context {name!r} of obs[{context_column(options)!r}] has no control rows labelled "
-                               f"{options.control!r}: each context is scored against its own control")
-        stats[name] = (means, stds)
+    stats = {name: condition_stats(part, options=options) for name, part in parts.items()}
     labels = sorted({c for means, _ in stats.values() for c in means.index if c != options.control})
     split_table = read_split(split, labels)
     test = split_table.loc[split_table["split"] == "test"]

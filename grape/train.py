@@ -65,7 +65,6 @@ from grape.data import (
     DatasetOptions,
     condition_genes,
     gene_symbols,
-    pseudobulk,  # noqa: F401  (re-exported: tests and callers read pseudobulk from here)
     pseudobulk_by_context,
     read_dataset,
     row_names,

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from grape import split, train
-from grape.data import DatasetError
+from grape.data import DatasetError, pseudobulk
 from grape.graph import Options as GraphOptions
 from grape.graph import build_graph, save_graph
 
@@ -259,7 +259,7 @@ def test_perturbed_gene_that_is_not_measured_gets_a_node(tmp_path):
 def test_pseudobulk_relative_input_trains(tmp_path, inputs):
     """One row per condition, X already relative to control (negative values), no control row."""
     dataset, graph, adata = inputs
-    means = train.pseudobulk(adata, options=OPTIONS)
+    means = pseudobulk(adata, options=OPTIONS)
     delta = (means - means.loc["ctrl"]).drop(index="ctrl")
     bulk = ad.AnnData(X=delta.to_numpy(np.float32),
                       obs=pd.DataFrame({"condition": delta.index, "cell_type": "demo"}, index=delta.index),
