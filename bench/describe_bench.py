@@ -26,7 +26,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grape import describe  # noqa: E402
+from grape.annotation import describe  # noqa: E402
 from tests.http_server import FakeEutils, FakeGene, LoopbackServer  # noqa: E402
 
 

@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data" / "refseq_summaries_human.tsv.gz"
 
-from grape import embed  # noqa: E402
-from grape.embed_cache import ShardedCache, cached_features, digest  # noqa: E402
-from grape.embed_models import PACKAGED_MINILM, TransformerEmbedder  # noqa: E402
+from grape.features import embed  # noqa: E402
+from grape.features.cache import ShardedCache, cached_features, digest  # noqa: E402
+from grape.features.models import PACKAGED_MINILM, TransformerEmbedder  # noqa: E402
 
 
 def real_texts(n: int) -> list[str]:

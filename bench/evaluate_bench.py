@@ -3,7 +3,7 @@ baselines on the real Norman 2019 subset.
 
 ``--scale``: a synthetic dataset (sparse, ``--genes`` genes, ``--singles`` singles and
 ``--doubles`` doubles with ``--cells`` cells each), GEARS' simulation split, one model whose
-predictions are the truth plus noise; times ``grape.evaluate.run`` as the workflow calls it (the
+predictions are the truth plus noise; times ``grape.evaluation.evaluate.run`` as the workflow calls it (the
 DE rankings computed by the stage, all four baselines, every metric) and reports its peak memory.
 
 ``--norman``: the Norman 2019 cells of ``../shared/data/perturbench_devel.h5ad`` (skipped when
@@ -32,11 +32,11 @@ import scipy.sparse as sp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from grape import evaluate  # noqa: E402
-from grape.baselines import fit_predict  # noqa: E402
-from grape.data import DatasetOptions, condition_genes  # noqa: E402
-from grape.de import add_de_rankings  # noqa: E402
-from grape.split import simulation_split  # noqa: E402
+from grape.evaluation import evaluate  # noqa: E402
+from grape.evaluation.baselines import fit_predict  # noqa: E402
+from grape.data.dataset import DatasetOptions, condition_genes  # noqa: E402
+from grape.evaluation.de import add_de_rankings  # noqa: E402
+from grape.data.split import simulation_split  # noqa: E402
 
 NORMAN = REPO.parent / "shared" / "data" / "perturbench_devel.h5ad"
 

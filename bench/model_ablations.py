@@ -27,10 +27,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from grape import network
-from grape.data import DatasetOptions, pseudobulk
-from grape.graph import load_graph
-from grape.train import ABLATIONS
+from grape.graph import network
+from grape.data.dataset import DatasetOptions, pseudobulk
+from grape.graph.build import load_graph
+from grape.model.train import ABLATIONS
 
 log = logging.getLogger("bench.model_ablations")
 ROOT = Path(__file__).resolve().parents[1]

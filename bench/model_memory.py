@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from grape.graph import prior_edges
-from grape.model import GRAPE, GraphTensors, ModelConfig
+from grape.graph.build import prior_edges
+from grape.model.gnn import GRAPE, GraphTensors, ModelConfig
 
 log = logging.getLogger("bench.model_memory")
 

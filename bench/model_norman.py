@@ -21,7 +21,7 @@ else coding.
 
 Metrics on the test doubles (per condition, then averaged, as GEARS): pearson_delta (all
 500 genes) and the MSE on the condition's top-20 non-dropout DE genes (GEARS' Welch t-test
-ranking, ``grape.de``). Models: GRAPE (doubles additive: singles' sum + learned
+ranking, ``grape.evaluation.de``). Models: GRAPE (doubles additive: singles' sum + learned
 interaction), GRAPE with both genes injected at once (joint), the additive baseline
 (control + observed single A change + observed single B change) and the mean baseline
 (mean of training conditions).
@@ -43,13 +43,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from grape.data import DatasetOptions, condition_genes, pseudobulk
-from grape.de import TOP_NON_DROPOUT_KEY, add_de_rankings, de_key
-from grape.embed_models import embed_texts
-from grape.graph import Graph
-from grape.graph import Options as GraphOptions
-from grape.graph import build_graph
-from grape.train import Options, build_problem, fit, graph_tensors, predict
+from grape.data.dataset import DatasetOptions, condition_genes, pseudobulk
+from grape.evaluation.de import TOP_NON_DROPOUT_KEY, add_de_rankings, de_key
+from grape.features.models import embed_texts
+from grape.graph.build import Graph
+from grape.graph.build import Options as GraphOptions
+from grape.graph.build import build_graph
+from grape.model.train import Options, build_problem, fit, graph_tensors, predict
 
 log = logging.getLogger("bench.model_norman")
 

@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from grape.data import read_dataset
-from grape.graph import load_graph
-from grape.split import read_split
-from grape.train import Options, build_problem, fit, graph_tensors
+from grape.data.dataset import read_dataset
+from grape.graph.build import load_graph
+from grape.data.split import read_split
+from grape.model.train import Options, build_problem, fit, graph_tensors
 
 log = logging.getLogger("bench.model_speed")
 ROOT = Path(__file__).resolve().parents[1]

@@ -70,7 +70,7 @@ def carpool_conditions() -> tuple[list[str], list[list[str]], np.ndarray, list[s
 
 def build(kind: str, *, genes: int = 5000, seed: int = 0, split_seed: int = 0) -> dict:
     """The inputs of one benchmark problem (see the module docstring)."""
-    from grape.graph import prior_edges
+    from grape.graph.build import prior_edges
 
     generator = torch.Generator().manual_seed(seed)
     if kind == "carpool":

@@ -38,8 +38,8 @@ def _problem_and_graph(inputs: dict):
     import pandas as pd
     import torch
 
-    from grape import train
-    from grape.model import GraphTensors
+    from grape.model import train
+    from grape.model.gnn import GraphTensors
 
     fields = train.Problem.__dataclass_fields__
     common = dict(conditions=inputs["conditions"], perturbed=inputs["perturbed"], delta=inputs["delta"],
@@ -65,7 +65,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from grape import train
+    from grape.model import train
 
     inputs = torch.load(args.inputs, weights_only=False)
     problem, graph, split = _problem_and_graph(inputs)

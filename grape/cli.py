@@ -17,7 +17,6 @@ import logging
 import sys
 import types
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 
 from grape import __version__
@@ -40,16 +39,7 @@ STAGES: dict[str, str] = {
 
 # Stages whose module parses its own command line (sub-commands): `grape <stage> ...` hands
 # the arguments to ``module.main``.
-OWN_PARSER: dict[str, str] = {"ensembl": "grape.ensembl", "dataset": "grape.datasets"}
-
-
-@dataclass(frozen=True)
-class PathArg:
-    """A file or directory argument of a stage."""
-
-    help: str
-    required: bool = True
-    many: bool = False  # one or more paths
+OWN_PARSER: dict[str, str] = {"ensembl": "grape.stages.ensembl", "dataset": "grape.stages.dataset"}
 
 
 def _flag(name: str) -> str:
@@ -83,7 +73,7 @@ def _add_option(parser: argparse.ArgumentParser, field: dataclasses.Field, hints
 
 def build_stage_parser(stage: str) -> tuple[argparse.ArgumentParser, types.ModuleType]:
     """Return the argparse parser of one stage and the stage's module."""
-    module = importlib.import_module(f"grape.{stage}")
+    module = importlib.import_module(f"grape.stages.{stage}")
     parser = argparse.ArgumentParser(
         prog=f"grape {stage}",
         description=(module.__doc__ or STAGES[stage]).strip().splitlines()[0],

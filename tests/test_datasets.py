@@ -1,4 +1,4 @@
-"""grape.datasets: dataset downloads against a loopback server, safe extraction, subsets, shipped configs.
+"""grape.io.datasets: dataset downloads against a loopback server, safe extraction, subsets, shipped configs.
 
 The real Norman subset in ../shared/data is used when present (skipped otherwise): its
 split. The whole workflow of each shipped real configuration runs in tests/test_real_configs.py.
@@ -26,10 +26,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from grape import datasets
+from grape.io import datasets
 from grape.config import ConfigError, load_schema, validate_config
-from grape.data import DatasetOptions, read_dataset
-from grape.datasets import (
+from grape.data.dataset import DatasetOptions, read_dataset
+from grape.io.datasets import (
     DatasetDownloadError,
     DatasetError,
     SubsetOptions,
@@ -40,8 +40,8 @@ from grape.datasets import (
     sniff,
     subset_dataset,
 )
-from grape.download import RetryPolicy
-from grape.split import simulation_split
+from grape.io.download import RetryPolicy
+from grape.data.split import simulation_split
 from tests.conftest import REPO, SHARED_DATA
 from tests.http_server import HTML_PAGE, LoopbackServer, Response, truncate
 
@@ -179,7 +179,7 @@ def test_tar_and_bare_h5ad_are_accepted(server, tmp_path, h5ad_data, kind):
 
 def test_unpinned_download_records_its_checksum(server, tmp_path, gears_zip, caplog):
     url = server.add_file("/file", gears_zip)
-    with caplog.at_level(logging.WARNING, logger="grape.datasets"):
+    with caplog.at_level(logging.WARNING, logger="grape.io.datasets"):
         got = download(url, tmp_path / "archive", name="norman", policy=FAST)
     digest = hashlib.sha256(gears_zip).hexdigest()
     assert got.sha256 == digest
@@ -389,7 +389,7 @@ def test_standard_configs_name_url_and_checksum_keys(schema, name):
 
 
 def test_urls_live_in_configs_not_code():
-    for path in (REPO / "grape").glob("*.py"):
+    for path in (REPO / "grape").rglob("*.py"):
         assert not re.search(r"https?://\S*dataverse", path.read_text(), flags=re.I), path.name
 
 
@@ -466,7 +466,7 @@ def test_norman_devel_subset_and_split(norman_devel):
     options = DatasetOptions(control="control")
     assert norman_devel.n_obs == 3375 and norman_devel.n_vars == 500
     conditions = norman_devel.obs["condition"].astype(str).unique().tolist()
-    from grape.data import condition_genes
+    from grape.data.dataset import condition_genes
 
     genes_of = lambda c: condition_genes(c, options=options)  # noqa: E731
     table = simulation_split(conditions, genes_of=genes_of, seed=1).set_index("condition")

@@ -1,4 +1,4 @@
-"""Tests of GEARS-style DE rankings (grape.de)."""
+"""Tests of GEARS-style DE rankings (grape.evaluation.de)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import scipy.sparse as sp
 from scipy import stats
 
-from grape.data import DatasetOptions
-from grape.de import (
+from grape.data.dataset import DatasetOptions
+from grape.evaluation.de import (
     NON_DROPOUT_IDX_KEY,
     NON_ZERO_IDX_KEY,
     RANK_KEY,

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from grape import describe
-from grape.describe import Options, fallback_text, read_table
+from grape.annotation import describe
+from grape.annotation.describe import Options, fallback_text, read_table
 
 
 def write_inputs(tmp_path, table: pd.DataFrame):

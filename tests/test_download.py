@@ -1,4 +1,4 @@
-"""grape.download against the loopback server: retries, Retry-After, timeouts, truncation, HTML, resume."""
+"""grape.io.download against the loopback server: retries, Retry-After, timeouts, truncation, HTML, resume."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from grape.download import (
+from grape.io.download import (
     DownloadError,
     ResponseCache,
     RetryPolicy,

@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grape import embed, embed_cache
-from grape.embed import Options, kmer_profile, kmer_vocabulary, load_features
-from grape.embed_cache import ShardedCache, cached_features, digest
+from grape.features import embed
+
+from grape.features import cache as embed_cache
+from grape.features.embed import Options, kmer_profile, kmer_vocabulary, load_features
+from grape.features.cache import ShardedCache, cached_features, digest
 
 
 def revcomp(seq: str) -> str:
@@ -197,7 +199,7 @@ def test_corrupt_shard_is_detected_deleted_and_recomputed(tmp_path, damage, capl
     digests, _ = ShardedCache.read_shard(shards[0])
     in_damaged = {item for item in items if np.frombuffer(digest(item), np.uint8).tolist() in digests.tolist()}
     corrupt(shards[0], damage)
-    with caplog.at_level(logging.WARNING, logger="grape.embed_cache"):
+    with caplog.at_level(logging.WARNING, logger="grape.features.cache"):
         out, n = cached_features(items, compute, cache=cache)
     assert "corrupt" in caplog.text and shards[0].name in caplog.text
     assert n == 2 and set(compute.calls[-1]) == in_damaged  # only the damaged shard's entries
@@ -264,7 +266,7 @@ def test_run_writes_features_and_second_run_computes_nothing(tmp_path, caplog, m
     desc, fasta = write_inputs(tmp_path)
     paths = stage_paths(tmp_path, desc, fasta)
     options = Options(kmer_k=2, kmer_canonical=False, device="cpu")
-    with caplog.at_level(logging.INFO, logger="grape.embed"):
+    with caplog.at_level(logging.INFO, logger="grape.features.embed"):
         embed.run(options=options, **paths)
     assert "text: 4 genes, 4 computed" in caplog.text
 
@@ -288,7 +290,7 @@ def test_run_writes_features_and_second_run_computes_nothing(tmp_path, caplog, m
     monkeypatch.setattr(embed.TransformerEmbedder, "__call__", boom)
     monkeypatch.setattr(embed.KmerFeaturiser, "__call__", boom)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="grape.embed"):
+    with caplog.at_level(logging.INFO, logger="grape.features.embed"):
         embed.run(options=options, **paths)
     assert messages(caplog, "text:")[0].startswith("text: 4 genes, 0 computed, 4 from cache")
     assert "0 computed" in messages(caplog, "dna:")[0]
@@ -303,7 +305,7 @@ def test_editing_one_description_recomputes_one(tmp_path, caplog):
     embed.run(options=Options(device="cpu"), **paths)
     _, before, _ = load_features(paths["text_out"])
     write_inputs(tmp_path, ["GA is a kinase.", "GB was edited.", "GC is a transporter.", "GD is a microRNA."])
-    with caplog.at_level(logging.INFO, logger="grape.embed"):
+    with caplog.at_level(logging.INFO, logger="grape.features.embed"):
         embed.run(options=Options(device="cpu"), **paths)
     assert messages(caplog, "text:")[0].startswith("text: 4 genes, 1 computed, 3 from cache")
     assert "0 computed" in messages(caplog, "dna:")[0]

@@ -31,8 +31,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from grape import embed_models
-from grape.embed_models import (
+from grape.features import models as embed_models
+from grape.features.models import (
     TransformerEmbedder,
     choose_dtype,
     is_causal,
@@ -284,7 +284,7 @@ def test_is_causal_from_config():
 
 
 def test_max_length_is_clamped_to_the_context_and_cuts(bert_dir, caplog):
-    with caplog.at_level(logging.WARNING, logger="grape.embed_models"):
+    with caplog.at_level(logging.WARNING, logger="grape.features.models"):
         emb = TransformerEmbedder(str(bert_dir), kind="text", max_length=10_000)
     assert emb.max_length == 128 and "more than" in caplog.text
     emb = TransformerEmbedder(str(bert_dir), kind="text", max_length=8, normalize=False)
@@ -295,7 +295,7 @@ def test_max_length_is_clamped_to_the_context_and_cuts(bert_dir, caplog):
 
 def test_log_line_names_device_dtype_and_model(bert_dir, caplog):
     emb = TransformerEmbedder(str(bert_dir), kind="text")
-    with caplog.at_level(logging.INFO, logger="grape.embed_models"):
+    with caplog.at_level(logging.INFO, logger="grape.features.models"):
         emb.begin(len(TEXTS))
         emb(TEXTS)
         emb.end()

@@ -9,9 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from grape import annotate, ensembl
-from grape.download import DownloadError, ResponseCache, RetryPolicy
-from grape.ensembl import SequenceRequest, promoter_region, release_files, rest_sequences
+from grape.annotation import annotate
+
+from grape.annotation import ensembl
+from grape.io.download import DownloadError, ResponseCache, RetryPolicy
+from grape.annotation.ensembl import SequenceRequest, promoter_region, release_files, rest_sequences
 from tests.http_server import LoopbackServer, Response, html, stall, status, truncate
 from tests.test_annotate import SEQUENCES, fasta_text, gtf_text, outputs, read_fasta, read_tsv, write_dataset, MEASURED
 

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from grape import evaluate
-from grape.data import DatasetOptions
-from grape.de import add_de_rankings
-from grape.evaluate import Options, condition_stats
-from grape.metrics import METRICS
+from grape.evaluation import evaluate
+from grape.data.dataset import DatasetOptions
+from grape.evaluation.de import add_de_rankings
+from grape.evaluation.evaluate import Options, condition_stats
+from grape.evaluation.metrics import METRICS
 
 
 def scored(models, truth, split, *, control=None):

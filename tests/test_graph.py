@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from grape import graph
-from grape.embed import _save
-from grape.graph import (
+from grape.graph import build as graph
+from grape.features.embed import _save
+from grape.graph.build import (
     Options,
     build_graph,
     coexpression_edges,

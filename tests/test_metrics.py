@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grape.metrics import HEADLINE, METRICS, Panel, pearson, registry_table, score
+from grape.evaluation.metrics import HEADLINE, METRICS, Panel, pearson, registry_table, score
 
 DATA = Path(__file__).parent / "data"
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from grape.graph import Graph, Options, build_graph, topk_similar
-from grape.model import (
+from grape.graph.build import Graph, Options, build_graph, topk_similar
+from grape.model.gnn import (
     GRAPE,
     GraphTensors,
     ModelConfig,
@@ -19,7 +19,7 @@ from grape.model import (
     edge_dot,
     normalized_adjacency,
 )
-from grape.train import graph_tensors
+from grape.model.train import graph_tensors
 
 N, TYPES = 14, ("a", "b")
 DIMS = {"text": 6, "dna": 5}

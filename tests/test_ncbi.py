@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from grape import describe
-from grape.describe import Options
-from grape.download import DownloadError
-from grape.ncbi import NCBI_EUTILS
+from grape.annotation import describe
+from grape.annotation.describe import Options
+from grape.io.download import DownloadError
+from grape.annotation.ncbi import NCBI_EUTILS
 from tests.http_server import FakeEutils, FakeGene, LoopbackServer, html, stall, status, truncate
 
 ESEARCH = FakeEutils.PATH + "esearch.fcgi"

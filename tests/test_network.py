@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-from grape import network
-from grape.graph import Options as GraphOptions
-from grape.graph import build_graph, save_graph
-from grape.model import GRAPE, ModelConfig
-from grape.network import export_network, graph_name, precision_at_k, prior_network, recovery
+from grape.graph import network
+from grape.graph.build import Options as GraphOptions
+from grape.graph.build import build_graph, save_graph
+from grape.model.gnn import GRAPE, ModelConfig
+from grape.graph.network import export_network, graph_name, precision_at_k, prior_network, recovery
 
 from test_model import DIMS, tiny_graph
 

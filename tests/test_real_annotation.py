@@ -13,7 +13,7 @@ from pathlib import Path
 import anndata as ad
 import pytest
 
-from grape.annotate import (
+from grape.annotation.annotate import (
     DEFAULT_OLDER_RELEASES,
     Annotation,
     Coverage,

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from grape import report
-from grape.evaluate import summarize as summarize_metrics
-from grape.metrics import HEADLINE, METRICS
-from grape.plots import degree_by_pair, network_columns
+from grape.evaluation import report
+from grape.evaluation.evaluate import summarize as summarize_metrics
+from grape.evaluation.metrics import HEADLINE, METRICS
+from grape.evaluation.plots import degree_by_pair, network_columns
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""Tests of the embedded demo simulator (grape.simulate)."""
+"""Tests of the embedded demo simulator (grape.demo.simulate)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
-from grape import simulate as sim
+from grape.demo import simulate as sim
 from grape.cli import main as cli_main
-from grape.data import DatasetOptions, check_dataset, condition_genes, pseudobulk
-from grape.de import RANK_KEY, UNS_KEYS, de_key
+from grape.data.dataset import DatasetOptions, check_dataset, condition_genes, pseudobulk
+from grape.evaluation.de import RANK_KEY, UNS_KEYS, de_key
 
 TINY = {
     "n_genes": 80,

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grape import split
-from grape.split import SplitError, logo_split, perturbed_gene_list, read_split, simulation_split, table_split
+from grape.data import split
+from grape.data.split import SplitError, logo_split, perturbed_gene_list, read_split, simulation_split, table_split
 
 
 def genes_of(cond: str) -> tuple[str, ...]:

@@ -10,10 +10,12 @@ import pytest
 import torch
 import yaml
 
-from grape import split, train
-from grape.data import DatasetError, pseudobulk
-from grape.graph import Options as GraphOptions
-from grape.graph import build_graph, save_graph
+from grape.data import split
+
+from grape.model import train
+from grape.data.dataset import DatasetError, pseudobulk
+from grape.graph.build import Options as GraphOptions
+from grape.graph.build import build_graph, save_graph
 
 N_GENES = 30
 GENES = [f"G{i:02d}" for i in range(N_GENES)]

@@ -168,7 +168,7 @@ def test_cell_eval_run_accepts_the_workflow_predictions(user_run, tmp_path):
     """evaluate/cell_eval_{pred,real}.h5ad of the run, scored by Arc's `cell-eval run` itself (two cell states)."""
     import subprocess
 
-    from grape.celleval import CELLTYPE_COL, EXECUTABLE_ENV, cell_eval_command, find_cell_eval
+    from grape.evaluation.celleval import CELLTYPE_COL, EXECUTABLE_ENV, cell_eval_command, find_cell_eval
 
     _, results, _ = user_run
     pred, real = results / "evaluate" / "cell_eval_pred.h5ad", results / "evaluate" / "cell_eval_real.h5ad"

@@ -114,7 +114,7 @@ def test_graph_parameter_keeps_annotation_and_embeddings(workflow):
 
 
 def test_editing_the_model_module_reruns_training_only(workflow):
-    model = workflow / "grape" / "model.py"
+    model = workflow / "grape" / "model" / "gnn.py"
     original = model.read_text()
     try:
         model.write_text(original + "\n# edited\n")

@@ -1,0 +1,1 @@
+"""The perturbation dataset: reading and checking it, normalisation, splits, the preflight checks."""

@@ -1,0 +1,1 @@
+"""The simulated demo organism and its Perturb-seq screen."""

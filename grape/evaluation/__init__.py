@@ -1,0 +1,1 @@
+"""Metrics, baselines, DE rankings, evaluation tables, cell-eval export, the report."""

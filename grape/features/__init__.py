@@ -1,0 +1,1 @@
+"""Gene features: text and DNA language-model embeddings, cached by content."""

@@ -1,0 +1,1 @@
+"""Files and the network: atomic writes, reliable downloads, dataset archives."""

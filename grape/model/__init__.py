@@ -1,0 +1,1 @@
+"""The GRAPE model (heterogeneous GNN with graph structure learning) and its training."""

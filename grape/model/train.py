@@ -1,0 +1,700 @@
+"""Train GRAPE on pseudobulk changes from control of the training conditions.
+
+The model learns each condition's mean expression change from the control mean (over
+all measured genes) from training conditions only; validation conditions choose the
+epoch (early stopping and model selection on ``select_metric``); test conditions are
+only predicted. The split comes from ``grape split``.
+
+Steps: (1) optional contrastive alignment pretraining of the text and DNA encoders
+(``pretrain_epochs``); (2) training with the loss ``loss_mse * MSE + loss_huber *
+Huber(huber_delta) + loss_direction * direction + loss_graph * graph regulariser``;
+the MSE on expression equals the MSE on the change (the control mean is fixed); the
+direction term is a differentiable form of GEARS' (``(sign(y) - tanh(pred / 0.1))^2``).
+Optional co-expression edges (``coexpression_k``) come from the training conditions'
+changes only, computed here after the split, and join the prior graph.
+
+Gene identity: with ``--mapping`` (``annotate/mapping.tsv``, :class:`grape.annotation.identity.GeneIdentity`)
+measured genes and the genes of each condition reach their graph nodes through the
+mapping (a perturbed alias such as ``C19orf26`` reaches the node of the measured
+``CBARP``), and measured features with status ``excluded`` (guides, guide pairs, Cas
+proteins) are no training targets and are left out of ``predictions.h5ad``. Outputs keep
+the dataset's own labels. Without a mapping every label is its own node key.
+
+Cell states (contexts): the obs column ``dataset.context_key`` (default
+``dataset.cell_type_key``; absent: one context). Every (context, condition) is a row of
+its own: its pseudobulk minus the control of the same context. The split is per
+condition label, so a held-out perturbation is held out in every context. A row is
+predicted in its own context: the node context features are that context's control
+levels (z-scored over all contexts together) and the measured flag, and the observed
+singles inside its doubles are those of the same context (:class:`grape.model.gnn.GRAPE`,
+``context=k``). A batch with rows of several contexts runs one forward pass per context.
+With one context everything is exactly the one-context model.
+
+Ablations (``--ablation``, or the workflow's model variants from ``train.ablations``)
+are named sets of option overrides, :data:`ABLATIONS`.
+
+Outputs: ``model.safetensors`` (``state_dict``), ``model.yaml`` (resolved options and
+shapes, enough for :func:`load_model`), ``history.tsv`` (per epoch), ``predictions.h5ad``
+(every (context, condition) row: obs ``condition``, ``context``, ``split``, ``subgroup``; the
+obs name is the condition with one context, ``condition | context`` with several; var: the
+kept measured features) and ``network.tsv`` (the learned network of the first context,
+:mod:`grape.graph.network`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from tqdm import tqdm
+
+from grape import __version__
+from grape.io.files import atomic_path, write_text_atomic
+from grape.stages import PathArg
+from grape.data.dataset import (
+    DatasetError,
+    DatasetOptions,
+    condition_genes,
+    gene_symbols,
+    pseudobulk_by_context,
+    read_dataset,
+    row_names,
+)
+from grape.features.embed import choose_device
+from grape.graph.build import Graph, coexpression_edges, load_graph, merge_edges, prior_edges
+from grape.annotation.identity import GeneIdentity
+from grape.model.gnn import GRAPE, MODALITIES, GraphTensors, ModelConfig
+from grape.data.split import read_split
+
+log = logging.getLogger(__name__)
+
+CLI_PATHS = {
+    "dataset": PathArg("single-cell h5ad (GEARS contract)"),
+    "graph": PathArg("graph from `grape graph` (.safetensors)"),
+    "split": PathArg("split table from `grape split` (condition, split, subgroup)"),
+    "mapping": PathArg("mapping.tsv from `grape annotate` (gene label -> node, excluded features)", required=False),
+    "out_dir": PathArg("output directory: model.safetensors, model.yaml, history.tsv, predictions.h5ad, network.tsv"),
+}
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("none", "cosine", "plateau")
+SELECT_METRICS = ("val_mse", "val_pearson_delta")
+
+#: Model variants: each ablation is a set of option overrides on the full model.
+ABLATIONS: dict[str, dict] = {
+    "no_biotype": {"biotype": False},
+    "no_gsl": {"gsl": False},
+    "text_only": {"modalities": ["text"]},
+    "dna_only": {"modalities": ["dna"]},
+    "no_pretraining": {"pretrain_epochs": 0},
+    "joint_doubles": {"doubles": "joint"},
+}
+
+
+@dataclass(frozen=True)
+class Options(DatasetOptions):
+    """Options of the train stage (config sections ``dataset`` and ``train``)."""
+
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, batching, dropout and sampling"})
+    epochs: int = field(default=300, metadata={"help": "maximum number of epochs"})
+    patience: int = field(default=60, metadata={"help": "stop after this many epochs without a better validation score"})
+    batch_size: int = field(default=16, metadata={"help": "conditions per optimisation step"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw, adam or sgd (momentum 0.9)"})
+    lr: float = field(default=3e-3, metadata={"help": "learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "weight decay"})
+    schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule: none, cosine (over epochs), plateau"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm (0: off)"})
+    hidden: int = field(default=64, metadata={"help": "hidden size"})
+    layers: int = field(default=2, metadata={"help": "heterogeneous message-passing layers"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout"})
+    modalities: list[str] = field(default_factory=lambda: list(MODALITIES),
+                                  metadata={"help": "gene feature modalities the model reads: text, dna"})
+    biotype: bool = field(default=True, metadata={"help": "node types by biotype group (false: one node type)"})
+    gsl: bool = field(default=True, metadata={"help": "graph structure learning (false: prior graph only)"})
+    gsl_layers: int = field(default=2, metadata={"help": "GCN layers (views) of the structure learner"})
+    gsl_heads: int = field(default=4, metadata={"help": "similarity heads per view"})
+    gsl_k: int = field(default=10, metadata={"help": "learned edges per gene (incoming)"})
+    gsl_prior_weight: float = field(default=0.5, metadata={"help": "weight of the prior graph in the mixed graph"})
+    gsl_refresh: int = field(default=10,
+                             metadata={"help": "training steps between two top-k searches of the learned graph"})
+    global_context: bool = field(default=True, metadata={"help": "a gated path from the perturbation to every gene"})
+    doubles: str = field(default="additive", metadata={"help": "additive: singles' sum + learned interaction; joint: inject both"})
+    observed_singles: bool = field(
+        default=True,
+        metadata={"help": "additive doubles use a single's observed change when it is a training or validation condition"})
+    pretrain_epochs: int = field(default=20, metadata={"help": "contrastive text-DNA alignment epochs (0: none)"})
+    pretrain_batch_size: int = field(default=256, metadata={"help": "genes per alignment step"})
+    temperature: float = field(default=0.5, metadata={"help": "temperature of the alignment loss"})
+    loss_mse: float = field(default=1.0, metadata={"help": "weight of the MSE on expression"})
+    loss_huber: float = field(default=1.0, metadata={"help": "weight of the Huber loss on the change from control"})
+    huber_delta: float = field(default=0.5, metadata={"help": "Huber threshold"})
+    loss_direction: float = field(default=0.0, metadata={"help": "weight of the direction term (GEARS)"})
+    loss_graph: float = field(default=0.1, metadata={"help": "weight of the graph regulariser toward the prior"})
+    coexpression_k: int = field(default=0, metadata={"help": "co-expression edges per gene from training conditions (0: none)"})
+    coexpression_min: float = field(default=0.5, metadata={"help": "smallest |correlation| of a co-expression edge"})
+    select_metric: str = field(default="val_pearson_delta",
+                               metadata={"help": "model selection: val_pearson_delta (mean per condition) or val_mse"})
+    network_k: int = field(default=10, metadata={"help": "incoming edges per gene in the exported network"})
+    device: str = field(default="auto", metadata={"help": "torch device: auto, cpu, cuda, cuda:1"})
+    ablation: str = field(default="", metadata={"help": f"model variant: '' (full) or one of {', '.join(ABLATIONS)}"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
+                                     ("select_metric", self.select_metric, SELECT_METRICS)):
+            if value not in allowed:
+                raise ValueError(f"train.{name} must be one of {', '.join(allowed)}, not {value!r}")
+        if self.ablation and self.ablation not in ABLATIONS:
+            raise ValueError(f"unknown ablation {self.ablation!r} (known: {', '.join(ABLATIONS)})")
+        ModelConfig(modalities=tuple(self.modalities), doubles=self.doubles)  # checks both
+
+    def resolved(self) -> Options:
+        """The options with the ablation's overrides applied."""
+        if not self.ablation:
+            return self
+        return dataclasses.replace(self, **ABLATIONS[self.ablation])
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            hidden=self.hidden, layers=self.layers, dropout=self.dropout, modalities=tuple(self.modalities),
+            gsl=self.gsl, gsl_layers=self.gsl_layers, gsl_heads=self.gsl_heads, gsl_k=self.gsl_k,
+            gsl_prior_weight=self.gsl_prior_weight, gsl_refresh=self.gsl_refresh, global_context=self.global_context,
+            doubles=self.doubles,
+            observed_singles=self.observed_singles, temperature=self.temperature,
+        )
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _zscore(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean(0, keepdim=True)) / x.std(0, keepdim=True).clamp(min=1e-6)
+
+
+def graph_tensors(
+    graph: Graph, control: np.ndarray, measured: np.ndarray, *, biotype: bool = True,
+    modalities: tuple[str, ...] | list[str] = MODALITIES,
+) -> GraphTensors:
+    """Global-order features, node types and prior edges of a loaded graph.
+
+    Modalities: text and DNA features z-scored per column; context: the z-scored control
+    level and the measured flag. ``control`` is ``[N]`` (one context: context ``[N, 2]``) or
+    ``[K, N]`` for K cell states (context ``[K, N, 2]``; the level z-scored over all states
+    together, so the states' differences stay visible). Without ``biotype`` every gene has one node type. When
+    the model reads a subset of the modalities and the graph stored its options, the
+    prior is rebuilt from that subset, so an ablation sees no other modality through the
+    graph.
+    """
+    data = graph.data
+    n = len(graph.genes)
+    types = tuple(data.node_types)
+    text = torch.zeros(n, data[types[0]].x_text.shape[1])
+    dna = torch.zeros(n, data[types[0]].x_dna.shape[1])
+    node_type = torch.zeros(n, dtype=torch.long)
+    for i, t in enumerate(types):
+        gid = data[t].global_id
+        text[gid], dna[gid], node_type[gid] = data[t].x_text, data[t].x_dna, i
+    level = torch.as_tensor(control, dtype=torch.float32)
+    flag = torch.as_tensor(measured, dtype=torch.float32)
+    if level.dim() == 1:
+        context = torch.cat([_zscore(level.unsqueeze(1)), flag.unsqueeze(1)], dim=1)
+    else:
+        k = level.shape[0]
+        context = torch.cat([_zscore(level.reshape(-1, 1)).reshape(k, n, 1),
+                             flag.expand(k, n).unsqueeze(-1)], dim=-1)
+    src, dst, weight = [], [], []
+    for edge_type in data.edge_types:
+        s, _, d = edge_type
+        ei = data[edge_type].edge_index
+        src.append(data[s].global_id[ei[0]])
+        dst.append(data[d].global_id[ei[1]])
+        weight.append(data[edge_type].edge_weight)
+    edge_index = torch.stack([torch.cat(src), torch.cat(dst)]) if src else torch.empty((2, 0), dtype=torch.long)
+    edge_weight = torch.cat(weight) if weight else torch.empty(0)
+    features = {"text": _zscore(text), "dna": _zscore(dna)}
+    if set(modalities) != set(MODALITIES):
+        if graph.options:
+            opts = graph.options
+            edge_index, edge_weight = prior_edges(
+                [features[m] for m in modalities], top_k=opts["top_k"], min_similarity=opts["min_similarity"],
+                chunk_size=opts["chunk_size"], fusion=opts.get("fusion", "mean"),
+            )
+            log.info("prior graph rebuilt from %s only: %d edges", "+".join(modalities), edge_index.shape[1])
+        else:
+            log.warning("the graph file has no stored options: the prior keeps every modality")
+    if not biotype:
+        node_type = torch.zeros(n, dtype=torch.long)
+        types = ("gene",)
+    return GraphTensors(features, context, node_type, types, edge_index, edge_weight.float())
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Pseudobulk targets aligned with the graph's nodes: one row per (context, condition)."""
+
+    conditions: list[str]  # [R] condition label of each row
+    perturbed: torch.Tensor  # [R, 2] node ids, -1 padded
+    delta: torch.Tensor  # [R, G] mean change from the row's context's control, kept measured genes
+    controls: np.ndarray  # [K, G] control mean of each context
+    measured_nodes: torch.Tensor  # [G] node id of each kept measured gene
+    var_names: list[str]  # [G] kept measured features (var_names)
+    contexts: list[str] = field(default_factory=lambda: ["cell"])  # [K] context names, sorted
+    row_context: torch.Tensor | None = None  # [R] context index of each row (None: all 0)
+
+    @property
+    def control(self) -> np.ndarray:
+        """The control mean ``[G]`` of a one-context problem."""
+        if len(self.controls) != 1:
+            raise ValueError(f"{len(self.controls)} contexts ({', '.join(self.contexts)}): use Problem.controls")
+        return self.controls[0]
+
+    @property
+    def context_index(self) -> torch.Tensor:
+        """``[R]`` context index of each row."""
+        if self.row_context is None:
+            return torch.zeros(len(self.conditions), dtype=torch.long)
+        return self.row_context
+
+    @property
+    def row_contexts(self) -> list[str]:
+        """``[R]`` context name of each row."""
+        return [self.contexts[k] for k in self.context_index.tolist()]
+
+    def rows_of(self, conditions: list[str]) -> torch.Tensor:
+        """Rows of ``conditions`` (every context of each, in that order)."""
+        rows: dict[str, list[int]] = {}
+        for i, cond in enumerate(self.conditions):
+            rows.setdefault(cond, []).append(i)
+        return torch.tensor([i for c in conditions for i in rows.get(c, [])], dtype=torch.long)
+
+
+def node_keys(identity: GeneIdentity | None) -> dict[str, str]:
+    """Dataset label -> node key (the mapping's ``node``; without a mapping, none: a label is its own key)."""
+    return identity.nodes() if identity is not None else {}
+
+
+def build_problem(adata: ad.AnnData, graph: Graph, *, options: DatasetOptions,
+                  identity: GeneIdentity | None = None) -> Problem:
+    """Pseudobulk the dataset per context and map genes and perturbations onto graph nodes.
+
+    With ``identity`` (``mapping.tsv``) labels reach their node through the mapping and
+    excluded features are left out. Raises :class:`DatasetError` naming the gene when a
+    measured or perturbed gene has no node.
+    """
+    node = {g: i for i, g in enumerate(graph.genes)}
+    keys = node_keys(identity)
+    symbols = gene_symbols(adata, options=options)
+    var_names = adata.var_names.astype(str).to_numpy()
+    excluded = set(identity.excluded) if identity is not None else set()
+    keep = np.array([v not in excluded for v in var_names], dtype=bool)
+    if not keep.any():
+        raise DatasetError("every measured feature is excluded as a non-gene in the mapping; "
+                           "check dataset.non_gene_pattern and dataset.non_gene_features")
+    if excluded:
+        log.info("%d measured features excluded as non-genes (no training targets): %s%s", int((~keep).sum()),
+                 ", ".join(var_names[~keep][:5]), " ..." if (~keep).sum() > 5 else "")
+    measured = [keys.get(g, g) for g in symbols[keep]]
+    absent = [g for g, key in zip(symbols[keep], measured) if key not in node]
+    if absent:
+        raise DatasetError(f"measured genes without a graph node: {', '.join(absent[:10])}"
+                           + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
+                           + ("" if identity is None else " (rerun annotate and graph with this dataset)"))
+    by_context = pseudobulk_by_context(adata, options=options)
+    contexts = list(by_context)
+    rows_cond: list[str] = []
+    rows_ctx: list[int] = []
+    deltas, controls = [], []
+    for k, means in by_context.items():
+        control = means.loc[options.control].to_numpy(dtype=np.float32)
+        conds = [c for c in means.index if c != options.control]
+        deltas.append((means.loc[conds].to_numpy(dtype=np.float32) - control)[:, keep])
+        controls.append(control[keep])
+        rows_cond += conds
+        rows_ctx += [contexts.index(k)] * len(conds)
+    perturbed = torch.full((len(rows_cond), 2), -1, dtype=torch.long)
+    genes_of: dict[str, list[int]] = {}
+    for cond in dict.fromkeys(rows_cond):
+        genes = condition_genes(cond, options=options)
+        missing = [g for g in genes if keys.get(g, g) not in node]
+        if missing:
+            raise DatasetError(f"condition {cond!r} names genes absent from the annotation/graph: {', '.join(missing)}")
+        if len(genes) > 2:
+            raise DatasetError(f"condition {cond!r} perturbs more than two genes")
+        genes_of[cond] = [node[keys.get(g, g)] for g in genes]
+    for row, cond in enumerate(rows_cond):
+        perturbed[row, : len(genes_of[cond])] = torch.tensor(genes_of[cond], dtype=torch.long)
+    delta = torch.as_tensor(np.concatenate(deltas) if len(deltas) > 1 else deltas[0])
+    if len(contexts) > 1:
+        log.info("%d contexts (%s): %d (context, condition) rows", len(contexts), ", ".join(contexts), len(rows_cond))
+    return Problem(rows_cond, perturbed, delta, np.stack(controls),
+                   torch.tensor([node[g] for g in measured]), var_names[keep].tolist(),
+                   contexts=contexts, row_context=torch.tensor(rows_ctx, dtype=torch.long))
+
+
+def control_by_node(problem: Problem, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Control level of every node (``[N]`` with one context, ``[K, N]`` with several) and the measured flag."""
+    control = np.zeros((len(problem.contexts), num_nodes), dtype=np.float32)
+    measured_flag = np.zeros(num_nodes, dtype=np.float32)
+    control[:, problem.measured_nodes.numpy()] = problem.controls
+    measured_flag[problem.measured_nodes.numpy()] = 1.0
+    return (control[0] if len(problem.contexts) == 1 else control), measured_flag
+
+
+def context_groups(rows: torch.Tensor, row_context: torch.Tensor | None) -> list[tuple[int, torch.Tensor]]:
+    """``rows`` split by context, ``[(context, rows of it)]`` in context order; one context: ``rows`` itself."""
+    if row_context is None or len(rows) == 0:
+        return [(0, rows)]
+    ctx = row_context[rows.cpu()]
+    present = ctx.unique().tolist()
+    if len(present) == 1:
+        return [(int(present[0]), rows)]
+    return [(int(k), rows[(ctx == k).to(rows.device)]) for k in present]
+
+
+# --------------------------------------------------------------------------- training
+
+
+def build_model(graph: GraphTensors, options: Options) -> GRAPE:
+    return GRAPE(num_nodes=graph.num_nodes, modality_dims={k: v.shape[1] for k, v in graph.modalities.items()},
+                 context_dim=graph.context_dim, node_types=graph.node_types, config=options.model_config())
+
+
+def _optimizer(params, options: Options) -> torch.optim.Optimizer:
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=options.lr, momentum=0.9, weight_decay=options.weight_decay)
+    if options.optimizer == "adam":
+        return torch.optim.Adam(params, lr=options.lr, weight_decay=options.weight_decay)
+    return torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, options: Options):
+    if options.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs)
+    if options.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5,
+                                                          patience=max(1, options.patience // 4))
+    return None
+
+
+def pearson_rows(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each row pair (NaN where a row is constant)."""
+    p = pred - pred.mean(1, keepdim=True)
+    t = target - target.mean(1, keepdim=True)
+    denom = (p.pow(2).sum(1) * t.pow(2).sum(1)).sqrt()
+    return torch.where(denom > 0, (p * t).sum(1) / denom.clamp(min=1e-30), torch.full_like(denom, float("nan")))
+
+
+def loss_terms(pred: torch.Tensor, target: torch.Tensor, *, options: Options) -> dict[str, torch.Tensor]:
+    """The prediction loss terms on changes from control."""
+    terms = {"mse": torch.nn.functional.mse_loss(pred, target)}
+    if options.loss_huber:
+        terms["huber"] = torch.nn.functional.huber_loss(pred, target, delta=options.huber_delta)
+    if options.loss_direction:
+        terms["direction"] = (torch.sign(target) - torch.tanh(pred / 0.1)).pow(2).mean()
+    return terms
+
+
+def set_observed_singles(model: GRAPE, problem: Problem, fit_rows: torch.Tensor, num_nodes: int) -> None:
+    """Give the model the observed changes of the singles among ``fit_rows`` (never test conditions).
+
+    The training and validation singles: the model fits on the former and picks its epoch
+    on the latter, and the baselines of ``grape evaluate`` fit on both as well. Each is
+    the observed single of its own context.
+    """
+    pert = problem.perturbed[fit_rows]
+    single = (pert[:, 0] >= 0) & (pert[:, 1] < 0)
+    nodes = pert[single, 0]
+    delta = torch.zeros(len(nodes), num_nodes)
+    delta[:, problem.measured_nodes] = problem.delta[fit_rows[single]]
+    measured = torch.zeros(num_nodes, dtype=torch.bool)
+    measured[problem.measured_nodes] = True
+    device = next(model.parameters()).device
+    contexts = problem.context_index[fit_rows[single]]
+    model.set_observed_singles(nodes.to(device), delta.to(device), measured.to(device), contexts=contexts.to(device),
+                               num_contexts=len(problem.contexts))
+
+
+def pretrain(model: GRAPE, graph: GraphTensors, *, options: Options, generator: torch.Generator) -> float | None:
+    """Contrastive alignment of the text and DNA encoders; returns the last epoch's loss."""
+    if options.pretrain_epochs <= 0 or set(model.config.modalities) != set(MODALITIES):
+        return None
+    params = [p for m in model.encoders.values() for p in m.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
+    model.train()
+    loss_value = None
+    device = graph.node_type.device
+    for _ in range(options.pretrain_epochs):
+        order = torch.randperm(graph.num_nodes, generator=generator).to(device)
+        total, count = 0.0, 0
+        for chunk in order.split(options.pretrain_batch_size):
+            if len(chunk) < 2:
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            loss = model.alignment_loss(graph, chunk)
+            loss.backward()
+            optimizer.step()
+            total, count = total + loss.item() * len(chunk), count + len(chunk)
+        loss_value = total / max(count, 1)
+    log.info("alignment pretraining: %d epochs, final InfoNCE %.4f", options.pretrain_epochs, loss_value)
+    return loss_value
+
+
+def fit(
+    problem: Problem, graph: GraphTensors, split: pd.DataFrame, *, options: Options, device: str = "cpu"
+) -> tuple[GRAPE, pd.DataFrame, dict]:
+    """Train with early stopping on the validation score; return the best model, the epoch log, facts.
+
+    Deterministic algorithms are switched on while training (warnings only where an op has
+    none, e.g. some CUDA kernels): without them the CPU's multi-threaded accumulations in
+    the backward pass (index_put / index_add) differ from run to run in the last bits. Their
+    side effect of filling every new tensor's memory with NaN
+    (``torch.utils.deterministic.fill_uninitialized_memory``) is switched off: it changes no
+    result and took a third of an epoch's time.
+    """
+    import torch.utils.deterministic as deterministic
+
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic.fill_uninitialized_memory = False
+    try:
+        return _fit(problem, graph, split, options=options, device=device)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        deterministic.fill_uninitialized_memory = previous[2]
+
+
+def _fit(
+    problem: Problem, graph: GraphTensors, split: pd.DataFrame, *, options: Options, device: str
+) -> tuple[GRAPE, pd.DataFrame, dict]:
+    torch.manual_seed(options.seed)
+    generator = torch.Generator().manual_seed(options.seed)
+    rows = {s: problem.rows_of(split.loc[split["split"] == s, "condition"].astype(str).tolist())
+            for s in ("train", "val")}
+    row_context = problem.context_index if len(problem.contexts) > 1 else None
+    graph = graph.to(device)
+    model = build_model(graph, options).to(device)
+    if options.observed_singles:
+        set_observed_singles(model, problem, torch.cat([rows["train"], rows["val"]]), graph.num_nodes)
+    facts: dict = {"pretrain_loss": pretrain(model, graph, options=options, generator=generator)}
+    optimizer = _optimizer(model.parameters(), options)
+    scheduler = _scheduler(optimizer, options)
+    measured = problem.measured_nodes.to(device)
+    delta = problem.delta.to(device)
+    perturbed = problem.perturbed.to(device)
+    sign = -1.0 if options.select_metric == "val_mse" else 1.0
+
+    best, best_state, since, history = float("-inf"), None, 0, []
+    bar = tqdm(range(1, options.epochs + 1), desc="train", unit="epoch", file=sys.stderr, disable=None)
+    for epoch in bar:
+        start = time.perf_counter()
+        model.train()
+        order = rows["train"][torch.randperm(len(rows["train"]), generator=generator)]
+        sums: dict[str, float] = {}
+        for chunk in order.split(options.batch_size):
+            chunk = chunk.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            groups = context_groups(chunk, row_context)
+            if len(groups) == 1:
+                loss, terms = batch_loss(model, graph, perturbed, delta, measured, groups[0][1],
+                                         context=groups[0][0], options=options)
+            else:  # one forward pass per context, weighted by its share of the batch
+                parts = [(len(g) / len(chunk), *batch_loss(model, graph, perturbed, delta, measured, g, context=k,
+                                                           options=options)) for k, g in groups]
+                loss = sum(w * part_loss for w, part_loss, _ in parts)
+                terms = {key: sum(w * part_terms[key] for w, _, part_terms in parts) for key in parts[0][2]}
+            loss.backward()
+            if options.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
+            optimizer.step()
+            for key, value in {"loss": loss, **terms}.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value) * len(chunk)
+        val_mse, val_pearson = evaluate_rows(model, graph, perturbed, delta, measured, rows["val"].to(device),
+                                             row_context=row_context)
+        lr = optimizer.param_groups[0]["lr"]
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(val_mse)
+        elif scheduler is not None:
+            scheduler.step()
+        n_train = len(rows["train"])
+        record = {"epoch": epoch, "train_loss": sums["loss"] / n_train, "train_mse": sums["mse"] / n_train,
+                  "train_graph": sums["graph"] / n_train, "val_mse": val_mse, "val_pearson_delta": val_pearson,
+                  "lr": lr, "seconds": time.perf_counter() - start}
+        history.append(record)
+        score = sign * record[options.select_metric]
+        if best_state is None or score > best + 1e-9:
+            best, since = score, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            facts["best_epoch"] = epoch
+        else:
+            since += 1
+        bar.set_postfix(val_mse=f"{val_mse:.4f}", val_r=f"{val_pearson:.3f}")
+        if epoch == 1 or epoch % 25 == 0:
+            log.info("epoch %d loss %.5f train_mse %.5f val_mse %.5f val_pearson_delta %.4f", epoch,
+                     record["train_loss"], record["train_mse"], val_mse, val_pearson)
+        if since >= options.patience:
+            log.info("early stop at epoch %d; best %s at epoch %d", epoch, options.select_metric, facts["best_epoch"])
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    return model, pd.DataFrame(history), facts
+
+
+def batch_loss(model: GRAPE, graph: GraphTensors, perturbed: torch.Tensor, delta: torch.Tensor,
+               measured: torch.Tensor, rows: torch.Tensor, *, context: int, options: Options
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training loss and its terms on ``rows``, all of cell state ``context`` (one forward pass)."""
+    pred, graph_loss, (aux_rows, aux_pred) = model(graph, perturbed[rows], context=context, with_graph_loss=True,
+                                                    with_auxiliary=True)
+    terms = loss_terms(pred[:, measured], delta[rows], options=options)
+    terms["graph"] = graph_loss
+    loss = (options.loss_mse * terms["mse"] + options.loss_huber * terms.get("huber", 0.0)
+            + options.loss_direction * terms.get("direction", 0.0) + options.loss_graph * graph_loss)
+    if len(aux_rows):  # doubles also predicted from the network's own singles (see GRAPE.forward)
+        aux = loss_terms(aux_pred[:, measured], delta[rows][aux_rows], options=options)
+        loss = loss + len(aux_rows) / len(rows) * (
+            options.loss_mse * aux["mse"] + options.loss_huber * aux.get("huber", 0.0)
+            + options.loss_direction * aux.get("direction", 0.0))
+    return loss, terms
+
+
+@torch.no_grad()
+def evaluate_rows(model: GRAPE, graph: GraphTensors, perturbed: torch.Tensor, delta: torch.Tensor,
+                  measured: torch.Tensor, rows: torch.Tensor, batch_size: int = 64, *,
+                  row_context: torch.Tensor | None = None) -> tuple[float, float]:
+    """MSE and mean per-row Pearson of changes on ``rows`` (eval mode), each row in its context."""
+    if len(rows) == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    groups = context_groups(rows, row_context)
+    pred = torch.cat([model(graph, perturbed[c], context=k)[:, measured]
+                      for k, g in groups for c in g.split(batch_size)])
+    target = delta[torch.cat([g for _, g in groups])]
+    r = pearson_rows(pred, target)
+    return float(torch.nn.functional.mse_loss(pred, target)), float(r[~r.isnan()].mean()) if (~r.isnan()).any() else float("nan")
+
+
+@torch.no_grad()
+def predict_delta(model: GRAPE, graph: GraphTensors, perturbed: torch.Tensor, *, device: str,
+                  batch_size: int = 64, row_context: torch.Tensor | None = None) -> torch.Tensor:
+    """Predicted change from control of every node, ``[C, N]`` (eval mode), each row in its context."""
+    model.eval()
+    graph = graph.to(device)
+    groups = context_groups(torch.arange(len(perturbed)), row_context)
+    if len(groups) == 1:
+        return torch.cat([model(graph, chunk.to(device), context=groups[0][0]).cpu()
+                          for chunk in perturbed.split(batch_size)])
+    out = torch.empty(len(perturbed), graph.num_nodes)
+    for k, rows in groups:
+        out[rows] = torch.cat([model(graph, chunk.to(device), context=k).cpu()
+                               for chunk in perturbed[rows].split(batch_size)])
+    return out
+
+
+def predict(model: GRAPE, problem: Problem, graph: GraphTensors, *, device: str, batch_size: int = 64) -> np.ndarray:
+    """Predicted mean expression (the row's context's control + change) of every row, ``[R, G]``."""
+    if len(problem.contexts) == 1:
+        delta = predict_delta(model, graph, problem.perturbed, device=device, batch_size=batch_size)
+        return delta[:, problem.measured_nodes].numpy() + problem.control
+    delta = predict_delta(model, graph, problem.perturbed, device=device, batch_size=batch_size,
+                          row_context=problem.context_index)
+    return delta[:, problem.measured_nodes].numpy() + problem.controls[problem.context_index.numpy()]
+
+
+def load_model(model_yaml: Path, model_file: Path, *, device: str = "cpu") -> GRAPE:
+    """Rebuild a trained model from ``model.yaml`` and its ``state_dict`` (safetensors)."""
+    from safetensors.torch import load_file
+
+    meta = yaml.safe_load(Path(model_yaml).read_text())
+    config = ModelConfig(**{**meta["model_config"], "modalities": tuple(meta["model_config"]["modalities"])})
+    model = GRAPE(num_nodes=meta["num_nodes"], modality_dims=meta["modality_dims"], context_dim=meta["context_dim"],
+                  node_types=tuple(meta["node_types"]), config=config)
+    state = load_file(str(model_file), device=device)
+    if state["observed_row"].dim() == 1:  # a model saved before contexts: one context
+        state["observed_row"] = state["observed_row"].unsqueeze(0)
+    for name in ("observed_row", "observed_delta", "observed_measured"):  # sized by the training data
+        setattr(model, name, state[name])
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def add_coexpression(tensors: GraphTensors, problem: Problem, train_conditions: list[str], *,
+                     options: Options, chunk_size: int = 4096) -> GraphTensors:
+    """Join co-expression edges from the training conditions' changes (every context's row) to the prior graph."""
+    values = problem.delta[problem.rows_of(list(train_conditions))]
+    edges = coexpression_edges(values, problem.measured_nodes, top_k=options.coexpression_k,
+                               min_similarity=options.coexpression_min, chunk_size=chunk_size)
+    log.info("co-expression edges from %d training conditions: %d", len(train_conditions), edges[0].shape[1])
+    edge_index, weight = merge_edges([(tensors.edge_index, tensors.edge_weight), edges], tensors.num_nodes)
+    return dataclasses.replace(tensors, edge_index=edge_index, edge_weight=weight)
+
+
+def run(*, options: Options, dataset: Path, graph: Path, split: Path, out_dir: Path,
+        mapping: Path | None = None) -> None:
+    """Train, and write the model, the log, predictions and the learned network.
+
+    ``mapping``: ``annotate/mapping.tsv`` (the workflow always passes it); without it every
+    dataset label is its own node key and no feature is excluded.
+    """
+    from grape.graph.network import export_network
+
+    out_dir = Path(out_dir)
+    options = options.resolved()
+    identity = GeneIdentity.read(mapping) if mapping is not None else None
+    adata = read_dataset(dataset, options=options)
+    loaded = load_graph(Path(graph))
+    problem = build_problem(adata, loaded, options=options, identity=identity)
+    split = read_split(split, list(dict.fromkeys(problem.conditions)))
+    control, measured_flag = control_by_node(problem, len(loaded.genes))
+    tensors = graph_tensors(loaded, control, measured_flag, biotype=options.biotype, modalities=options.modalities)
+    if options.coexpression_k > 0:
+        train_conditions = split.loc[split["split"] == "train", "condition"].tolist()
+        tensors = add_coexpression(tensors, problem, train_conditions, options=options)
+    device = choose_device(options.device)
+    log.info("training %s on %s: %d nodes, %d prior edges, %d relations, %d conditions in %d context(s)",
+             options.ablation or "full model", device, tensors.num_nodes, tensors.edge_index.shape[1],
+             len(tensors.relations), len(dict.fromkeys(problem.conditions)), len(problem.contexts))
+    model, history, facts = fit(problem, tensors, split, options=options, device=device)
+    predictions = predict(model, problem, tensors, device=device)
+    network = export_network(model, tensors.to(device), genes=loaded.genes, biotypes=loaded.biotypes,
+                             k=options.network_k)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "history.tsv") as tmp:
+        history.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    with atomic_path(out_dir / "network.tsv") as tmp:
+        network.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    from safetensors.torch import save_file
+
+    with atomic_path(out_dir / "model.safetensors") as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+    best = history.loc[history["epoch"] == facts["best_epoch"]].iloc[0]
+    write_text_atomic(out_dir / "model.yaml", yaml.safe_dump({
+        "grape_version": __version__, "model": "GRAPE", "variant": options.ablation or "full",
+        "options": dataclasses.asdict(options),
+        "model_config": {**dataclasses.asdict(model.config), "modalities": list(model.config.modalities)},
+        "num_nodes": tensors.num_nodes, "modality_dims": {k: int(v.shape[1]) for k, v in tensors.modalities.items()},
+        "context_dim": int(tensors.context_dim), "node_types": list(tensors.node_types),
+        "contexts": list(problem.contexts),
+        "relations": [list(r) for r in tensors.relations], "prior_edges": int(tensors.edge_index.shape[1]),
+        "best_epoch": int(facts["best_epoch"]), "best_val_mse": float(best["val_mse"]),
+        "best_val_pearson_delta": float(best["val_pearson_delta"]),
+        "pretrain_loss": facts["pretrain_loss"], "device": str(device),
+    }, sort_keys=False))
+    split_of = split.set_index("condition")
+    obs = pd.DataFrame({"condition": problem.conditions, "context": problem.row_contexts,
+                        "split": split_of.loc[problem.conditions, "split"].to_numpy(),
+                        "subgroup": split_of.loc[problem.conditions, "subgroup"].to_numpy()},
+                       index=pd.Index(row_names(problem.conditions, problem.row_contexts)))
+    pred = ad.AnnData(X=predictions.astype(np.float32), obs=obs, var=pd.DataFrame(index=problem.var_names))
+    with atomic_path(out_dir / "predictions.h5ad") as tmp:
+        pred.write_h5ad(tmp)
