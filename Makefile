@@ -15,7 +15,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 CELL_EVAL_VENV := .venv-cell-eval
 CELL_EVAL := $(CELL_EVAL_VENV)/bin/cell-eval
 
-.PHONY: install demo ablations test lint clean cell-eval
+.PHONY: install demo ablations test test-fast lint clean cell-eval
 
 install: $(STAMP)
 
@@ -39,8 +39,13 @@ cell-eval: $(CELL_EVAL)
 $(CELL_EVAL):
 	-$(PYTHON) -m venv $(CELL_EVAL_VENV) && $(CELL_EVAL_VENV)/bin/python -m pip install --quiet cell-eval==0.8.2
 
+# Every test. The tiny demo runs once and is shared by the workflow tests (tests/conftest.py).
 test: $(STAMP) cell-eval
-	GRAPE_CELL_EVAL=$(if $(wildcard $(CELL_EVAL)),$(abspath $(CELL_EVAL))) $(BIN)/python -m pytest -q
+	GRAPE_CELL_EVAL=$(if $(wildcard $(CELL_EVAL)),$(abspath $(CELL_EVAL))) $(BIN)/python -m pytest -q --durations=15
+
+# The unit tests and the Snakemake dry runs, without the tests marked slow (pipeline runs).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

@@ -27,6 +27,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grape.annotation import describe  # noqa: E402
+from grape.stages import describe as describe_stage  # noqa: E402
 from tests.http_server import FakeEutils, FakeGene, LoopbackServer  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def scenario(server: LoopbackServer, root: Path, *, n: int, known_ids: bool, bat
     for run in ("fresh", "cached"):
         before = server.count()
         start = time.perf_counter()
-        describe.run(options=options, genes=root / "genes.tsv", missing=root / "missing.tsv",
+        describe_stage.run(options=options, genes=root / "genes.tsv", missing=root / "missing.tsv",
                      out=root / "out.tsv", ncbi_cache=root / "cache")
         figures[f"{run}_s"] = time.perf_counter() - start
         figures[f"{run}_requests"] = server.count() - before

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data" / "refseq_summaries_human.tsv.gz"
 
 from grape.features import embed  # noqa: E402
+from grape.stages import embed as embed_stage  # noqa: E402
 from grape.features.cache import ShardedCache, cached_features, digest  # noqa: E402
 from grape.features.models import PACKAGED_MINILM, TransformerEmbedder  # noqa: E402
 
@@ -134,7 +135,7 @@ def bench_cache(args: argparse.Namespace) -> None:
                   f"{args.n / took:,.0f} genes/s ({len(text_cache.shard_paths())} shard files)")
         for round_ in range(2):
             start = time.perf_counter()
-            embed.run(options=options, descriptions=tmp / "descriptions.tsv", sequences=tmp / "sequences.fa",
+            embed_stage.run(options=options, descriptions=tmp / "descriptions.tsv", sequences=tmp / "sequences.fa",
                       cache_dir=tmp / "cache", text_out=tmp / "text.npz", dna_out=tmp / "dna.npz")
             took = time.perf_counter() - start
             print(f"whole `grape embed` run, {args.n} genes, text and DNA all cached (round {round_ + 1}): "

@@ -3,7 +3,7 @@ baselines on the real Norman 2019 subset.
 
 ``--scale``: a synthetic dataset (sparse, ``--genes`` genes, ``--singles`` singles and
 ``--doubles`` doubles with ``--cells`` cells each), GEARS' simulation split, one model whose
-predictions are the truth plus noise; times ``grape.evaluation.evaluate.run`` as the workflow calls it (the
+predictions are the truth plus noise; times ``grape.stages.evaluate.run`` as the workflow calls it (the
 DE rankings computed by the stage, all four baselines, every metric) and reports its peak memory.
 
 ``--norman``: the Norman 2019 cells of ``../shared/data/perturbench_devel.h5ad`` (skipped when
@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from grape.evaluation import evaluate  # noqa: E402
+from grape.stages import evaluate as evaluate_stage  # noqa: E402
 from grape.evaluation.baselines import fit_predict  # noqa: E402
 from grape.data.dataset import DatasetOptions, condition_genes  # noqa: E402
 from grape.evaluation.de import add_de_rankings  # noqa: E402
@@ -81,7 +82,7 @@ def scale(args: argparse.Namespace) -> None:
         del adata, means, pred
         built = time.perf_counter() - t0
         start = time.perf_counter()
-        evaluate.run(options=options, dataset=tmp / "data.h5ad", predictions=[tmp / "train" / "full" / "predictions.h5ad"],
+        evaluate_stage.run(options=options, dataset=tmp / "data.h5ad", predictions=[tmp / "train" / "full" / "predictions.h5ad"],
                      split=tmp / "split.tsv", out_dir=tmp / "eval")
         took = time.perf_counter() - start
         n_test = int((split["split"] == "test").sum())

@@ -30,7 +30,7 @@ import pandas as pd
 from grape.graph import network
 from grape.data.dataset import DatasetOptions, pseudobulk
 from grape.graph.build import load_graph
-from grape.model.train import ABLATIONS
+from grape.variants import ABLATIONS, model_graph_variant
 
 log = logging.getLogger("bench.model_ablations")
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def demo_dir(results: Path) -> Path:
 
 def train(variant: str, seed: int, out: Path, results: Path, extra: list[str]) -> Path:
     cmd = [sys.executable, "-m", "grape", "train", "--dataset", str(demo_dir(results) / "perturb.h5ad"),
-           "--graph", str(results / "graph/graph.safetensors"), "--split", str(results / "split/split.tsv"),
+           "--graph", str(results / f"graph/{model_graph_variant(variant)}/graph.safetensors"), "--split", str(results / "split/split.tsv"),
            "--mapping", str(results / "annotate/mapping.tsv"),
            "--out-dir", str(out), "--seed", str(seed), "--threads", "1", "--device", "cpu", *extra]
     if variant != "full":
@@ -79,9 +79,9 @@ def main() -> None:
     ctrl = means.loc[options.control].to_numpy()
     split = pd.read_csv(results / "split/split.tsv", sep="\t")
     test = split.loc[split["split"] == "test"]
-    genes = load_graph(results / "graph/graph.safetensors").genes
+    genes = load_graph(results / "graph/full/graph.safetensors").genes
     truth = pd.read_csv(demo_dir(results) / "truth_network.tsv", sep="\t", dtype=str)
-    prior = network.prior_network(results / "graph/graph.safetensors")
+    prior = network.prior_network(load_graph(results / "graph/full/graph.safetensors"))
     net_options = network.Options(ks=args.ks)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -32,7 +32,6 @@ interaction), GRAPE with both genes injected at once (joint), the additive basel
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import re
 import time
@@ -46,7 +45,6 @@ import torch
 from grape.data.dataset import DatasetOptions, condition_genes, pseudobulk
 from grape.evaluation.de import TOP_NON_DROPOUT_KEY, add_de_rankings, de_key
 from grape.features.models import embed_texts
-from grape.graph.build import Graph
 from grape.graph.build import Options as GraphOptions
 from grape.graph.build import build_graph
 from grape.model.train import Options, build_problem, fit, graph_tensors, predict
@@ -124,14 +122,15 @@ def main() -> None:
     text = embed_texts(table["description"].tolist())  # the packaged MiniLM, as `grape embed` by default
     log.info("text embeddings: %.1f s", time.perf_counter() - start)
     gopts = GraphOptions(top_k=10, min_similarity=0.2)
-    data = build_graph(table[["gene", "biotype"]], text, np.zeros((len(nodes), 1), np.float32), options=gopts)
-    graph = Graph(data=data, genes=nodes, biotypes=table["biotype"].tolist(), options=dataclasses.asdict(gopts))
+    # the text-only graph variant: its prior from the text alone (the DNA column is a placeholder)
+    graph = build_graph(table[["gene", "biotype"]], text, np.zeros((len(nodes), 1), np.float32), options=gopts,
+                        variant="text_only")
     problem = build_problem(adata, graph, options=dopts)
     control = np.zeros(len(nodes), np.float32)
     flag = np.zeros(len(nodes), np.float32)
     control[problem.measured_nodes.numpy()] = problem.control
     flag[problem.measured_nodes.numpy()] = 1.0
-    tensors = graph_tensors(graph, control, flag, modalities=["text"])
+    tensors = graph_tensors(graph, control, flag)
 
     add_de_rankings(adata, options=dopts, n_top=20)
     cell_type = str(adata.obs["cell_type"].iloc[0])

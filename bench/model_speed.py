@@ -61,7 +61,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     h5ad = ROOT / "resources" / "demo" / "perturb.h5ad"
     results = ROOT / "results" / args.run
-    seconds = grape_epochs(h5ad=h5ad, graph=results / "graph" / "graph.safetensors",
+    seconds = grape_epochs(h5ad=h5ad, graph=results / "graph" / "full" / "graph.safetensors",
                            split=results / "split" / "split.tsv", epochs=args.epochs)
     rows = [{"model": "grape", "epochs_timed": len(seconds), "median_epoch_seconds": float(np.median(seconds)),
              "unit": "pseudobulk training conditions", "threads": args.threads}]

@@ -13,10 +13,41 @@ import math
 import os
 from collections.abc import Iterable, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
+
+if TYPE_CHECKING:
+    import jsonschema
+
+#: Config keys that choose the workflow's inputs (files, download source, jobs, model variants)
+#: rather than a stage's options: the rules turn them into inputs, wildcards or their own flags,
+#: so no stage's options class has them (:func:`grape.options.options_class` leaves them out).
+WORKFLOW_KEYS: frozenset[str] = frozenset({
+    "source", "path", "gtf", "cdna", "ncrna", "table", "shards", "gpus_per_job", "ablations",
+    "name", "url", "sha256", "md5", "member", "subset",
+})
+
+#: The config sections whose keys (less :data:`WORKFLOW_KEYS`) are the options of each stage
+#: command, in the order its flags are listed: ``rules/common.smk``'s ``opts(stage)`` passes them,
+#: and ``tests/test_config.py`` checks each stage's ``Options`` against them key by key.
+#: ``preflight`` reads the whole configuration from a file (``--config``) and has no options.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "preflight": (),
+    "simulate": ("simulate",),
+    "ensembl": ("download",),
+    "dataset download": ("download",),
+    "dataset subset": ("dataset",),
+    "annotate": ("dataset", "annotate", "download"),
+    "describe": ("describe", "download"),
+    "embed": ("embed",),
+    "graph": ("graph",),
+    "split": ("dataset", "split"),
+    "train": ("dataset", "train"),
+    "network": ("network",),
+    "evaluate": ("dataset", "evaluate"),
+    "report": ("report",),
+}
 
 
 class ConfigError(ValueError):
@@ -120,6 +151,8 @@ def validate_config(
     Keys whose schema carries ``format: existing-file`` or ``format: existing-dir``
     must name an existing file or directory when set.
     """
+    import jsonschema  # here, not at the top: grape.options and the stages import this module for its tables
+
     if not isinstance(schema, dict):
         schema = load_schema(schema)
     coerce_numbers(config, schema)

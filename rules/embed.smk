@@ -12,17 +12,18 @@ rule embed_plan:
     input:
         descriptions=rules.describe.output[0],
         sequences=rules.annotate.output.fasta,
-        code=code("embed"),
     output:
         expand(f"{RESULTS}/embed/shards/genes.{{shard}}.txt", shard=range(config["embed"]["shards"])),
     params:
         options=opts("embed"),
+        code=code_hash("embed"),
+        grape=GRAPE,
     log:
         f"{LOGS}/embed_plan.log",
     conda:
         "../envs/grape.yaml"
     shell:
-        "python -m grape embed --descriptions {input.descriptions} --sequences {input.sequences}"
+        "{params.grape} embed --descriptions {input.descriptions} --sequences {input.sequences}"
         " --plan-out {output} {params.options} > {log} 2>&1"
 
 
@@ -31,7 +32,6 @@ rule embed_shard:
         descriptions=rules.describe.output[0],
         sequences=rules.annotate.output.fasta,
         genes=f"{RESULTS}/embed/shards/genes.{{shard}}.txt",
-        code=code("embed", "embed_cache", "embed_models"),
     output:
         text=f"{RESULTS}/embed/shards/text.{{shard}}.npz",
         dna=f"{RESULTS}/embed/shards/dna.{{shard}}.npz",
@@ -40,6 +40,8 @@ rule embed_shard:
     params:
         options=opts("embed"),
         cache="resources/embeddings",
+        code=code_hash("embed"),
+        grape=GRAPE,
     log:
         f"{LOGS}/embed_shard.{{shard}}.log",
     benchmark:
@@ -52,7 +54,7 @@ rule embed_shard:
     conda:
         "../envs/grape.yaml"
     shell:
-        "python -m grape embed --descriptions {input.descriptions} --sequences {input.sequences}"
+        "{params.grape} embed --descriptions {input.descriptions} --sequences {input.sequences}"
         " --genes {input.genes} --cache-dir {params.cache} --text-out {output.text} --dna-out {output.dna}"
         " --threads {threads} {params.options} > {log} 2>&1"
 
@@ -62,14 +64,16 @@ rule embed:
         descriptions=rules.describe.output[0],
         text=expand(f"{RESULTS}/embed/shards/text.{{shard}}.npz", shard=range(config["embed"]["shards"])),
         dna=expand(f"{RESULTS}/embed/shards/dna.{{shard}}.npz", shard=range(config["embed"]["shards"])),
-        code=code("embed"),
     output:
         text=f"{RESULTS}/embed/text.npz",
         dna=f"{RESULTS}/embed/dna.npz",
+    params:
+        code=code_hash("embed"),
+        grape=GRAPE,
     log:
         f"{LOGS}/embed.log",
     conda:
         "../envs/grape.yaml"
     shell:
-        "python -m grape embed --descriptions {input.descriptions} --text-parts {input.text}"
+        "{params.grape} embed --descriptions {input.descriptions} --text-parts {input.text}"
         " --dna-parts {input.dna} --text-out {output.text} --dna-out {output.dna} > {log} 2>&1"

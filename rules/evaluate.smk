@@ -4,7 +4,6 @@ rule evaluate:
         predictions=expand(rules.train.output.predictions, variant=VARIANTS),
         split=rules.split.output[0],
         mapping=rules.annotate.output.mapping,
-        code=code("evaluate", "metrics", "baselines", "de", "data", "identity", "split", "celleval", "normalize"),
     output:
         metrics=report(
             f"{RESULTS}/evaluate/metrics.tsv",
@@ -24,14 +23,16 @@ rule evaluate:
         predictions=f"{RESULTS}/evaluate/test_predictions.h5ad",
         **cell_eval_outputs(),
     params:
-        options=opts("dataset", "evaluate"),
+        options=opts("evaluate"),
         run_config=run_config_json,
         out_dir=out_dir,
+        code=code_hash("evaluate"),
+        grape=GRAPE,
     log:
         f"{LOGS}/evaluate.log",
     conda:
         "../envs/grape.yaml"
     shell:
-        "printf '%s' {params.run_config:q} | python -m grape evaluate --dataset {input.dataset}"
+        "printf '%s' {params.run_config:q} | {params.grape} evaluate --dataset {input.dataset}"
         " --predictions {input.predictions} --split {input.split} --mapping {input.mapping} --run-config -"
         " --out-dir {params.out_dir} {params.options} > {log} 2>&1"

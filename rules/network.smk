@@ -1,9 +1,8 @@
 rule network:
     input:
-        graph=rules.graph.output[0],
+        graph=expand(rules.graph.output[0], graph_variant="full"),
         networks=expand(rules.train.output.network, variant=VARIANTS),
         truth=DEMO_FILES["truth_network"],
-        code=code("network", "graph"),
     output:
         report(
             f"{RESULTS}/network/recovery.tsv",
@@ -12,10 +11,12 @@ rule network:
         ),
     params:
         options=opts("network"),
+        code=code_hash("network"),
+        grape=GRAPE,
     log:
         f"{LOGS}/network.log",
     conda:
         "../envs/grape.yaml"
     shell:
-        "python -m grape network --graph {input.graph} --networks {input.networks} --truth {input.truth}"
+        "{params.grape} network --graph {input.graph} --networks {input.networks} --truth {input.truth}"
         " --out {output} {params.options} > {log} 2>&1"

@@ -7,12 +7,13 @@ rule preflight:
     input:
         dataset=dataset_path(),
         table=split_table(),
-        code=code("preflight", "data", "identity", "normalize", "split", "config"),
     output:
         f"{RESULTS}/preflight/preflight.json",
     params:
         run_config=preflight_config_json,
         table=split_table_flag,
+        code=code_hash("preflight"),
+        grape=GRAPE,
     log:
         f"{LOGS}/preflight.log",
     resources:
@@ -21,5 +22,5 @@ rule preflight:
     conda:
         "../envs/grape.yaml"
     shell:
-        "printf '%s' {params.run_config:q} | python -m grape preflight --dataset {input.dataset} {params.table}"
+        "printf '%s' {params.run_config:q} | {params.grape} preflight --dataset {input.dataset} {params.table}"
         " --config - --out {output} > {log} 2>&1"

@@ -7,7 +7,6 @@ rule report:
         history=expand(rules.train.output.history, variant=VARIANTS),
         networks=learned_networks(),
         recovery=network_recovery,
-        code=code("report", "plots", "metrics"),
     output:
         summary=report(
             f"{RESULTS}/report/summary.md",
@@ -34,11 +33,13 @@ rule report:
         options=opts("report"),
         optional=report_optional_args,
         out_dir=out_dir,
+        code=code_hash("report"),
+        grape=GRAPE,
     log:
         f"{LOGS}/report.log",
     conda:
         "../envs/grape.yaml"
     shell:
-        "python -m grape report --metrics {input.metrics} --per-condition {input.per_condition}"
+        "{params.grape} report --metrics {input.metrics} --per-condition {input.per_condition}"
         " --summary {input.summary} --predictions {input.predictions} --history {input.history}"
         " {params.optional} --out-dir {params.out_dir} {params.options} > {log} 2>&1"

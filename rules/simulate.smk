@@ -2,15 +2,16 @@
 # resources/demo/<DEMO_KEY>/ (DEMO_KEY: a hash of the settings, see rules/common.smk).
 rule simulate:
     input:
-        code=code("simulate", "de", "data"),
     output:
         **DEMO_FILES,
     params:
         options=opts("simulate"),
         out_dir=out_dir,
+        code=code_hash("simulate"),
+        grape=GRAPE,
     log:
         f"logs/demo/{DEMO_KEY}/simulate.log",
     conda:
         "../envs/grape.yaml"
     shell:
-        "python -m grape simulate --out-dir {params.out_dir} {params.options} > {log} 2>&1"
+        "{params.grape} simulate --out-dir {params.out_dir} {params.options} > {log} 2>&1"

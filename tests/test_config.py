@@ -2,37 +2,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import json
+import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
-from grape.annotation import annotate
-
-from grape.annotation import describe
-
-from grape.features import embed
-
-from grape.evaluation import evaluate
-
-from grape.graph import build as graph
-
-from grape.graph import network
-
-from grape.data import preflight
-
-from grape.evaluation import report
-
-from grape.demo import simulate
-
-from grape.data import split
-
-from grape.model import train
-from grape.config import ConfigError, load_schema, validate_config
+from grape import options as generated
+from grape.config import STAGE_SECTIONS, WORKFLOW_KEYS, ConfigError, load_schema, validate_config
 from grape.data.dataset import DatasetOptions
+from grape.io.download import DownloadOptions, RetryPolicy
+from grape.model import train
+from grape.model.gnn import ModelConfig
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +52,23 @@ def test_every_key_has_description_and_default(schema):
     walk(schema, "")
 
 
+JSON_SCHEMA_KEYWORDS = {"type", "description", "default", "enum", "const", "minimum", "maximum", "exclusiveMinimum",
+                        "exclusiveMaximum", "items", "minItems", "uniqueItems", "pattern", "format", "minLength",
+                        "additionalProperties", "properties", "required", "anyOf"}
+
+
+def test_schema_keys_use_only_json_schema_keywords(schema):
+    """A comma in an unquoted description of a flow mapping ({description: a, b, default: 0}) splits it
+    into stray keys, which JSON Schema ignores: the help text the options show would be cut short."""
+    def walk(node, path):
+        for name, sub in node.get("properties", {}).items():
+            stray = sorted(set(sub) - JSON_SCHEMA_KEYWORDS)
+            assert not stray, f"{path}{name}: stray keys {stray} (quote its description)"
+            walk(sub, f"{path}{name}.")
+
+    walk(schema, "")
+
+
 @pytest.mark.parametrize(
     ("patch", "key"),
     [
@@ -86,42 +89,129 @@ def test_bad_config_names_the_key(config, schema, tmp_path, patch, key):
         validate_config(bad, schema, base_dir=tmp_path)
 
 
-SECTIONS = {
-    "simulate": (simulate.Options, ["simulate"]),
-    "annotate": (annotate.Options, ["dataset", "annotate", "download"]),
-    "describe": (describe.Options, ["describe", "download"]),
-    "embed": (embed.Options, ["embed"]),
-    "graph": (graph.Options, ["graph"]),
-    "split": (split.Options, ["dataset", "split"]),
-    "train": (train.Options, ["dataset", "train"]),
-    "network": (network.Options, ["network"]),
-    "preflight": (preflight.Options, []),  # reads the whole config from --config
-    "evaluate": (evaluate.Options, ["dataset", "evaluate"]),
-    "report": (report.Options, ["report"]),
+# Options fields that the workflow sets per job rather than from the stage's config sections, with
+# the schema key each one is filled from (None: no config key, e.g. a wildcard). train's --ablation
+# comes from the {variant} wildcard, graph's --variant from {graph_variant}; the ensembl download
+# takes its release from the file's path and species and server from annotate.ensembl_*; the
+# dataset commands take dataset.name/url/... (workflow keys) as their own flags.
+PER_JOB_FIELDS: dict[str, dict[str, str | None]] = {
+    "train": {"ablation": None},
+    "graph": {"variant": None},
+    "ensembl": {"species": "annotate.ensembl_species", "release": "annotate.ensembl_release",
+                "ensembl_url": "annotate.ensembl_url"},
+    "dataset download": {"name": "dataset.name", "url": "dataset.url", "sha256": "dataset.sha256",
+                         "md5": "dataset.md5", "member": "dataset.member"},
+    "dataset subset": {"subset": "dataset.subset"},
 }
-WORKFLOW_KEYS = {"source", "path", "gtf", "cdna", "ncrna", "table", "shards", "gpus_per_job", "ablations",
-                 "name", "url", "sha256", "md5", "member", "subset"}
-# Options fields that the workflow sets per job rather than from the config: train's --ablation
-# comes from the {variant} wildcard (rules/common.smk train_options), so it has no schema key.
-PER_JOB_FIELDS = {"train": {"ablation"}}
 
 
-@pytest.mark.parametrize("stage", sorted(SECTIONS))
+def stage_options(stage: str) -> type:
+    """The options dataclass the command line builds for a stage (``"dataset subset"``: a command of a stage)."""
+    name, _, command = stage.partition(" ")
+    module = importlib.import_module(f"grape.stages.{name}")
+    return module.COMMANDS[command].options if command else module.Options
+
+
+def _default(field: dataclasses.Field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return dataclasses.MISSING
+
+
+def _help(sub: dict) -> str:
+    return " ".join(sub["description"].split())
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_SECTIONS))
 def test_stage_options_match_schema(schema, stage):
-    """The CLI options of each stage are exactly the schema keys the workflow passes, with equal defaults."""
-    options_cls, sections = SECTIONS[stage]
+    """Each stage's options are exactly the schema keys of its config sections (grape.config.STAGE_SECTIONS)
+    less the workflow keys, key by key: the same names, defaults and help as the schema."""
+    options_cls = stage_options(stage)
+    per_job = PER_JOB_FIELDS.get(stage, {})
     expected = {}
-    for section in sections:
+    for section in STAGE_SECTIONS[stage]:
         for key, sub in schema["properties"][section]["properties"].items():
             if key not in WORKFLOW_KEYS:
-                expected[key] = sub["default"]
-    fields = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
-              for f in dataclasses.fields(options_cls) if f.name not in PER_JOB_FIELDS.get(stage, set())}
-    assert fields == expected
+                assert key not in expected, f"{stage}: key {key} is in two of its sections"
+                expected[key] = (sub["default"], _help(sub))
+    fields = {f.name: f for f in dataclasses.fields(options_cls)}
+    assert set(per_job) <= set(fields), f"{stage}: per-job fields {sorted(set(per_job) - set(fields))} are gone"
+    got = {name: (_default(f), f.metadata.get("help")) for name, f in fields.items() if name not in per_job}
+    assert sorted(got) == sorted(expected), f"{stage}: options differ from the schema keys of {STAGE_SECTIONS[stage]}"
+    wrong = {key: (got[key], expected[key]) for key in expected if got[key] != expected[key]}
+    assert not wrong, f"{stage}: (default, help) differ from the schema's: {wrong}"
+    for name, dotted in per_job.items():
+        if dotted is None or _default(fields[name]) is dataclasses.MISSING:
+            continue  # no config key, or a required flag
+        section, key = dotted.split(".")
+        sub = schema["properties"][section]["properties"][key]
+        assert (_default(fields[name]), fields[name].metadata.get("help")) == (sub["default"], _help(sub)), name
 
 
-def test_dataset_options_are_shared():
-    assert issubclass(train.Options, DatasetOptions) and issubclass(evaluate.Options, DatasetOptions)
+@pytest.mark.parametrize("stage", sorted(STAGE_SECTIONS))
+def test_shared_groups_are_one_mixin_each(stage):
+    """The dataset and download keys are declared once: every stage that reads the section inherits its mixin."""
+    options_cls = stage_options(stage)
+    for section, mixin in (("dataset", DatasetOptions), ("download", DownloadOptions)):
+        assert issubclass(options_cls, mixin) == (section in STAGE_SECTIONS[stage]), (stage, mixin.__name__)
+
+
+def test_the_rules_pass_each_stage_its_sections(repo):
+    """Every rule's options come from opts(<stage>) with a stage of STAGE_SECTIONS (no hand list of sections)."""
+    calls = re.findall(r"opts\(([^)]*)\)", "\n".join(p.read_text() for p in sorted((repo / "rules").glob("*.smk"))))
+    stages = {eval(call) for call in calls if call.strip() not in ("stage", "*sections")}  # noqa: S307 - string literals
+    assert stages and stages <= set(STAGE_SECTIONS), sorted(stages - set(STAGE_SECTIONS))
+    assert set(STAGE_SECTIONS) - stages <= {"preflight"}  # preflight reads the whole config from a file
+
+
+def test_model_config_is_the_train_options_of_its_names(schema):
+    """ModelConfig's fields are train keys with the schema's defaults, except its internal constants,
+    and train.Options.model_config() carries every one of them."""
+    train_keys = schema["properties"]["train"]["properties"]
+    internal = {"gsl_chunk_size", "attention_hidden"}
+    for field in dataclasses.fields(ModelConfig):
+        if field.name in internal:
+            assert field.name not in train_keys
+            continue
+        default = _default(field)
+        assert (list(default) if isinstance(default, tuple) else default) == train_keys[field.name]["default"], field.name
+    changed = {"hidden": 7, "layers": 1, "dropout": 0.25, "modalities": ["dna"], "gsl": False, "gsl_layers": 3,
+               "gsl_heads": 2, "gsl_k": 5, "gsl_prior_weight": 0.3, "gsl_refresh": 4, "global_context": False,
+               "doubles": "joint", "observed_singles": False, "temperature": 0.2}
+    assert set(changed) == {f.name for f in dataclasses.fields(ModelConfig)} - internal
+    config = train.Options(**changed).model_config()
+    assert {k: getattr(config, k) for k in changed} == {**changed, "modalities": ("dna",)}
+    assert ModelConfig(modalities=["text"]).modalities == ("text",)  # model.yaml holds a list
+
+
+def test_generated_types_follow_the_schema():
+    hints = typing.get_type_hints(train.Options)
+    assert hints["epochs"] is int and hints["lr"] is float and hints["gsl"] is bool and hints["device"] is str
+    assert hints["modalities"] == list[str] and hints["context_key"] == (str | None)
+    assert typing.get_type_hints(ModelConfig)["modalities"] == tuple[str, ...]
+    embed_hints = typing.get_type_hints(stage_options("embed"))
+    assert embed_hints["dna_max_length"] == (int | None)
+    assert typing.get_type_hints(stage_options("network"))["ks"] == list[int]
+    assert typing.get_type_hints(stage_options("graph"))["biotype_groups"] == dict[str, str]
+    assert typing.get_type_hints(stage_options("evaluate"))["baselines"] == list[str]  # items given by enum only
+    a, b = train.Options(), train.Options()
+    assert a.modalities == ["text", "dna"] and a.modalities is not b.modalities  # a fresh list each
+
+
+def test_options_class_refuses_unknown_keys():
+    with pytest.raises(KeyError, match=r"train\.nonsense"):
+        generated.options_class("train", keys=("epochs", "nonsense"))
+    with pytest.raises(KeyError, match="no section 'nowhere'"):
+        generated.options_class("nowhere")
+
+
+def test_retry_policy_is_the_download_options_checked():
+    assert RetryPolicy() == DownloadOptions().retry_policy()
+    assert isinstance(DownloadOptions(retries=2).retry_policy(), RetryPolicy)
+    with pytest.raises(ValueError, match="invalid retry policy"):
+        RetryPolicy(timeout=0)
 
 
 # --------------------------------------------------------------------------- numeric strings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import anndata as ad
@@ -12,8 +13,11 @@ import pytest
 import torch
 
 from grape.evaluation import evaluate
+from grape.stages import evaluate as evaluate_stage
 
 from grape.model import train
+from grape.stages import train as train_stage
+from grape.graph.build import load_graph
 from grape.data.dataset import DatasetError, pseudobulk, pseudobulk_by_context
 from grape.annotation.identity import GeneIdentity
 from grape.model.gnn import GRAPE, GraphTensors, ModelConfig
@@ -91,7 +95,7 @@ def two_contexts(tmp_path_factory):
     adata = two_context_dataset(root / "data.h5ad")
     make_graph(root / "graph.safetensors", GENES)
     write_split(root / "split.tsv")
-    train.run(options=FAST, dataset=root / "data.h5ad", graph=root / "graph.safetensors", split=root / "split.tsv",
+    train_stage.run(options=FAST, dataset=root / "data.h5ad", graph=root / "graph.safetensors", split=root / "split.tsv",
               out_dir=root / "train" / "full")
     return root, adata
 
@@ -109,7 +113,7 @@ def test_each_context_has_its_own_pseudobulk_and_control(two_contexts):
     gap = by_context["stim"].loc["ctrl"] - by_context["rest"].loc["ctrl"]
     assert gap.mean() == pytest.approx(SHIFT["stim"], abs=0.05)
 
-    loaded = train.load_graph(two_contexts[0] / "graph.safetensors")
+    loaded = load_graph(two_contexts[0] / "graph.safetensors")
     problem = train.build_problem(adata, loaded, options=FAST)
     assert problem.contexts == ["rest", "stim"]
     assert len(problem.conditions) == 2 * (len(CONDS) - 1)
@@ -141,7 +145,7 @@ def test_dataset_without_the_context_column_is_one_context(tmp_path):
 
 def test_graph_tensors_carry_one_context_per_state(tmp_path):
     make_graph(tmp_path / "g.safetensors", GENES[:8])
-    loaded = train.load_graph(tmp_path / "g.safetensors")
+    loaded = load_graph(tmp_path / "g.safetensors")
     n = len(loaded.genes)
     control = np.stack([np.linspace(0, 1, n), np.linspace(0, 1, n) + 2]).astype(np.float32)
     flag = np.ones(n, np.float32)
@@ -208,7 +212,7 @@ def test_train_writes_one_row_per_context_and_condition(two_contexts):
 
 def test_training_is_deterministic_with_contexts(two_contexts, tmp_path):
     root, _ = two_contexts
-    train.run(options=FAST, dataset=root / "data.h5ad", graph=root / "graph.safetensors", split=root / "split.tsv",
+    train_stage.run(options=FAST, dataset=root / "data.h5ad", graph=root / "graph.safetensors", split=root / "split.tsv",
               out_dir=tmp_path)
     a = ad.read_h5ad(root / "train" / "full" / "predictions.h5ad")
     b = ad.read_h5ad(tmp_path / "predictions.h5ad")
@@ -252,7 +256,7 @@ def test_one_context_predictions_equal_those_before_contexts(tmp_path, drop_cont
     tt.make_graph(tmp_path / "graph.safetensors", [*tt.GENES, "X1"])
     (tmp_path / "split.tsv").write_text(REFERENCE_SPLIT)
     opts = dataclasses.replace(tt.OPTIONS, epochs=4, pretrain_epochs=1, hidden=8, gsl_refresh=1)
-    train.run(options=opts, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
+    train_stage.run(options=opts, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
               split=tmp_path / "split.tsv", out_dir=tmp_path / "out")
     pred = ad.read_h5ad(tmp_path / "out" / "predictions.h5ad")
     reference = pd.read_csv(REPO / "tests" / "data" / "one_context_predictions.tsv", sep="\t", index_col=0)
@@ -277,22 +281,22 @@ def test_alias_perturbation_trains_through_the_mapping(tmp_path):
     split["subgroup"] = "unseen_single"
     write_split(tmp_path / "split.tsv", split)
     with pytest.raises(DatasetError, match="names genes absent from the annotation/graph: C19orf26"):
-        train.run(options=opts, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
+        train_stage.run(options=opts, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
                   split=tmp_path / "split.tsv", out_dir=tmp_path / "plain")
     mapping = write_mapping(tmp_path / "mapping.tsv", genes, aliases={"C19orf26": "CBARP"})
-    train.run(options=opts, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
+    train_stage.run(options=opts, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
               split=tmp_path / "split.tsv", out_dir=tmp_path / "train" / "full", mapping=mapping)
     pred = ad.read_h5ad(tmp_path / "train" / "full" / "predictions.h5ad")
     assert {"C19orf26+ctrl", "C19orf26+G00"} <= set(pred.obs["condition"])  # the user's labels
     adata = ad.read_h5ad(tmp_path / "data.h5ad")
-    loaded = train.load_graph(tmp_path / "graph.safetensors")
+    loaded = load_graph(tmp_path / "graph.safetensors")
     problem = train.build_problem(adata, loaded, options=opts, identity=GeneIdentity.read(mapping))
     row = problem.conditions.index("C19orf26+ctrl")
     assert problem.perturbed[row].tolist() == [loaded.genes.index("CBARP"), -1]
 
-    evaluate.run(options=evaluate.Options(context_key=None, baselines=["no_change", "additive"]),
-                 dataset=tmp_path / "data.h5ad", predictions=[tmp_path / "train" / "full" / "predictions.h5ad"],
-                 split=tmp_path / "split.tsv", out_dir=tmp_path / "eval", mapping=mapping)
+    evaluate_stage.run(options=evaluate.Options(context_key=None, baselines=["no_change", "additive"]),
+                       dataset=tmp_path / "data.h5ad", predictions=[tmp_path / "train" / "full" / "predictions.h5ad"],
+                       split=tmp_path / "split.tsv", out_dir=tmp_path / "eval", mapping=mapping)
     per = pd.read_csv(tmp_path / "eval" / "per_condition.tsv", sep="\t")
     assert {"C19orf26+ctrl", "C19orf26+G00"} <= set(per["condition"])
     assert set(per["context"]) == {"jurkat"}  # one context (the cell type): no per-context rows
@@ -310,20 +314,20 @@ def test_excluded_features_are_no_targets_and_no_metric_genes(tmp_path):
     mapping = write_mapping(tmp_path / "mapping.tsv", [*GENES, *extra], excluded=extra)
     assert GeneIdentity.read(mapping).excluded == extra
     with pytest.raises(DatasetError, match="measured genes without a graph node: DOT1L_g1:EP300_g2, Cas13d"):
-        train.run(options=opts, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
+        train_stage.run(options=opts, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
                   split=tmp_path / "split.tsv", out_dir=tmp_path / "plain")
-    train.run(options=opts, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
+    train_stage.run(options=opts, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
               split=tmp_path / "split.tsv", out_dir=tmp_path / "train" / "full", mapping=mapping)
     pred = ad.read_h5ad(tmp_path / "train" / "full" / "predictions.h5ad")
     assert pred.var_names.tolist() == GENES
 
-    evaluate.run(options=evaluate.Options(context_key=None), dataset=tmp_path / "data.h5ad",
-                 predictions=[tmp_path / "train" / "full" / "predictions.h5ad"], split=tmp_path / "split.tsv",
-                 out_dir=tmp_path / "eval", mapping=mapping)
+    evaluate_stage.run(options=evaluate.Options(context_key=None), dataset=tmp_path / "data.h5ad",
+                       predictions=[tmp_path / "train" / "full" / "predictions.h5ad"], split=tmp_path / "split.tsv",
+                       out_dir=tmp_path / "eval", mapping=mapping)
     table = ad.read_h5ad(tmp_path / "eval" / "test_predictions.h5ad")
     assert table.var_names.tolist() == GENES
     assert (table.obsm["de_ranked"] < len(GENES)).all()
-    summary = evaluate.json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert summary["excluded_features"] == sorted(extra)
     # the metrics are those of the kept genes: a perfect prediction of them scores mse 0
     perfect = pred.copy()
@@ -331,9 +335,10 @@ def test_excluded_features_are_no_targets_and_no_metric_genes(tmp_path):
     perfect.X = means.loc[perfect.obs["condition"]].to_numpy(np.float32)
     (tmp_path / "perfect" / "train" / "full").mkdir(parents=True)
     perfect.write_h5ad(tmp_path / "perfect" / "train" / "full" / "predictions.h5ad")
-    evaluate.run(options=evaluate.Options(context_key=None, baselines=["no_change"]), dataset=tmp_path / "data.h5ad",
-                 predictions=[tmp_path / "perfect" / "train" / "full" / "predictions.h5ad"],
-                 split=tmp_path / "split.tsv", out_dir=tmp_path / "eval2", mapping=mapping)
+    evaluate_stage.run(options=evaluate.Options(context_key=None, baselines=["no_change"]),
+                       dataset=tmp_path / "data.h5ad",
+                       predictions=[tmp_path / "perfect" / "train" / "full" / "predictions.h5ad"],
+                       split=tmp_path / "split.tsv", out_dir=tmp_path / "eval2", mapping=mapping)
     m = pd.read_csv(tmp_path / "eval2" / "metrics.tsv", sep="\t").set_index(["model", "context", "subgroup", "metric"])
     assert m.loc[("grape", "all", "all", "mse"), "value"] == pytest.approx(0, abs=1e-10)
 
@@ -343,9 +348,9 @@ def test_excluded_features_are_no_targets_and_no_metric_genes(tmp_path):
 
 def test_evaluate_scores_each_context_against_its_own_control(two_contexts, tmp_path):
     root, adata = two_contexts
-    evaluate.run(options=evaluate.Options(context_key="stimulation", baselines=["no_change", "additive"]),
-                 dataset=root / "data.h5ad", predictions=[root / "train" / "full" / "predictions.h5ad"],
-                 split=root / "split.tsv", out_dir=tmp_path)
+    evaluate_stage.run(options=evaluate.Options(context_key="stimulation", baselines=["no_change", "additive"]),
+                       dataset=root / "data.h5ad", predictions=[root / "train" / "full" / "predictions.h5ad"],
+                       split=root / "split.tsv", out_dir=tmp_path)
     per = pd.read_csv(tmp_path / "per_condition.tsv", sep="\t")
     assert list(per.columns[:4]) == ["model", "condition", "context", "subgroup"]
     test = SPLIT.loc[SPLIT["split"] == "test", "condition"].tolist()
@@ -375,14 +380,14 @@ def test_evaluate_scores_each_context_against_its_own_control(two_contexts, tmp_
         np.testing.assert_allclose(table.layers["no_change"][row], ctrl, rtol=1e-6)
         row = table.obs_names.get_loc(f"G04+G05 | {state}")
         np.testing.assert_allclose(table.layers["additive"][row], seen1, rtol=1e-5)
-    summary = evaluate.json.loads((tmp_path / "metrics.json").read_text())
+    summary = json.loads((tmp_path / "metrics.json").read_text())
     assert summary["contexts"] == ["rest", "stim"]
     assert set(summary["by_context"]["grape"]) == {"rest", "stim"}
     assert summary["baselines"]["additive"]["test_conditions"] == {
         "all_singles_seen": 2, "some_singles_seen": 2, "no_single_seen": 2}
 
     # the report shows the per-context table
-    from grape.evaluation import report
+    from grape.stages import report
 
     history = root / "train" / "full" / "history.tsv"
     report.run(options=report.Options(), metrics=tmp_path / "metrics.tsv", per_condition=tmp_path / "per_condition.tsv",

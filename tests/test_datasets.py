@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from grape.io import datasets
+from grape.cli import main as cli_main
 from grape.config import ConfigError, load_schema, validate_config
 from grape.data.dataset import DatasetOptions, read_dataset
 from grape.io.datasets import (
@@ -36,14 +36,15 @@ from grape.io.datasets import (
     check_archive,
     download,
     extract,
-    make_subset,
     sniff,
     subset_dataset,
 )
 from grape.io.download import RetryPolicy
+from grape.stages import dataset as dataset_stage
 from grape.data.split import simulation_split
 from tests.conftest import REPO, SHARED_DATA
 from tests.http_server import HTML_PAGE, LoopbackServer, Response, truncate
+from tests.workflow_tools import copy_workflow, snakemake
 
 FAST = RetryPolicy(retries=2, backoff=0.01, max_backoff=0.05, timeout=1.0)
 CONFIGS = REPO / "workflow" / "configs"
@@ -337,14 +338,14 @@ def test_subset_errors_name_column_and_value(subset, message):
 
 def test_subset_command_checks_the_contract(tmp_path):
     tiny_adata().write_h5ad(tmp_path / "in.h5ad")
-    datasets.main(["subset", "--dataset", str(tmp_path / "in.h5ad"), "--subset", '{"batch": "b"}',
-                   "--out", str(tmp_path / "out.h5ad"), "--provenance", str(tmp_path / "p.json")])
+    assert cli_main(["dataset", "subset", "--dataset", str(tmp_path / "in.h5ad"), "--subset", '{"batch": "b"}',
+                     "--out", str(tmp_path / "out.h5ad"), "--provenance", str(tmp_path / "p.json")]) == 0
     assert ad.read_h5ad(tmp_path / "out.h5ad").n_obs == 10
     record = json.loads((tmp_path / "p.json").read_text())
     assert record["cells"] == 10 and record["cells_in"] == 20 and record["subset"] == {"batch": "b"}
     with pytest.raises(DatasetError, match="no control cells labelled 'control'"):
-        make_subset(tmp_path / "in.h5ad", tmp_path / "o2.h5ad",
-                    options=SubsetOptions(control="control", subset={"batch": "a"}))
+        dataset_stage.subset(dataset=tmp_path / "in.h5ad", out=tmp_path / "o2.h5ad",
+                             options=SubsetOptions(control="control", subset={"batch": "a"}))
     assert not (tmp_path / "o2.h5ad").exists()
 
 
@@ -407,25 +408,6 @@ def test_download_needs_a_url(schema):
         validate_config({"dataset": {"source": "download"}}, schema)
     with pytest.raises(ConfigError, match="dataset.sha256"):
         validate_config({"dataset": {"source": "download", "url": "https://x.org/f", "sha256": "abc"}}, schema)
-
-
-def copy_workflow(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(REPO / name, root / name)
-    for name in ("rules", "workflow", "grape", "envs"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    return root
-
-
-def snakemake(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"), "--directory", str(root),
-           "--cores", "2", *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=root)
-    if result.returncode != 0:
-        raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
 
 
 def test_workflow_downloads_extracts_and_reads_a_gears_archive(tmp_path, server):

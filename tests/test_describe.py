@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from grape.annotation import describe
+from grape.stages import describe as describe_stage
 from grape.annotation.describe import Options, fallback_text, read_table
 
 
@@ -25,7 +26,7 @@ def write_inputs(tmp_path, table: pd.DataFrame):
 
 def run(tmp_path, table: pd.DataFrame, options: Options = Options()) -> pd.DataFrame:
     paths = write_inputs(tmp_path, table)
-    describe.run(options=options, out=tmp_path / "out.tsv", **paths)
+    describe_stage.run(options=options, out=tmp_path / "out.tsv", **paths)
     return pd.read_csv(tmp_path / "out.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("gene")
 
 
@@ -52,7 +53,7 @@ def test_versioned_ids_on_both_sides_match(tmp_path):
     genes = pd.read_csv(paths["genes"], sep="\t", dtype=str)
     genes["gene_id"] = genes["gene_id"] + ".3"
     genes.to_csv(paths["genes"], sep="\t", index=False)
-    describe.run(options=Options(), out=tmp_path / "out.tsv", **paths)
+    describe_stage.run(options=Options(), out=tmp_path / "out.tsv", **paths)
     out = pd.read_csv(tmp_path / "out.tsv", sep="\t", dtype=str).set_index("gene")
     assert out.loc["BETA", "description"] == "beta text"
     assert out.loc["BETA", "source"] == "table"
@@ -86,7 +87,7 @@ def test_custom_description_column(tmp_path):
 def test_table_without_description_column(tmp_path):
     paths = write_inputs(tmp_path, pd.DataFrame({"gene_name": ["ALPHA"], "text": ["x"]}))
     with pytest.raises(ValueError, match=r"table\.tsv: no column 'description'"):
-        describe.run(options=Options(), out=tmp_path / "out.tsv", **paths)
+        describe_stage.run(options=Options(), out=tmp_path / "out.tsv", **paths)
     assert not (tmp_path / "out.tsv").exists()
 
 
@@ -101,7 +102,7 @@ def test_missing_input_file(tmp_path):
     paths = write_inputs(tmp_path, pd.DataFrame({"gene_name": ["A"], "description": ["x"]}))
     paths["table"] = tmp_path / "absent.tsv"
     with pytest.raises(FileNotFoundError, match=r"describe --table: file not found"):
-        describe.run(options=Options(), out=tmp_path / "out.tsv", **paths)
+        describe_stage.run(options=Options(), out=tmp_path / "out.tsv", **paths)
 
 
 def test_fallback_text():
@@ -115,7 +116,7 @@ def test_entrez_keyed_table_and_case_insensitive_columns(tmp_path):
     genes = pd.read_csv(paths["genes"], sep="\t", dtype=str)
     genes["entrez_id"] = ["", "", "7157", ""]
     genes.to_csv(paths["genes"], sep="\t", index=False)
-    describe.run(options=Options(description_column="gene_summary"), out=tmp_path / "out.tsv", **paths)
+    describe_stage.run(options=Options(description_column="gene_summary"), out=tmp_path / "out.tsv", **paths)
     out = pd.read_csv(tmp_path / "out.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("gene")
     assert out.loc["GAMMA", "description"] == "by entrez"  # Gene_ID matched as an Entrez id
     assert out.loc["BETA", "description"] == "by entrez"  # Symbol matched as a symbol
@@ -127,7 +128,7 @@ def test_annotation_description_before_fallback(tmp_path):
     genes["description"] = ["", "beta lnc", "", "delta enzyme"]
     genes["description_source"] = ["", "ensembl", "", "hgnc"]
     genes.to_csv(paths["genes"], sep="\t", index=False)
-    describe.run(options=Options(), out=tmp_path / "out.tsv", **paths)
+    describe_stage.run(options=Options(), out=tmp_path / "out.tsv", **paths)
     out = pd.read_csv(tmp_path / "out.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("gene")
     assert out.loc["BETA", "description"] == "BETA: beta lnc. A lncRNA gene."
     assert out.loc["BETA", "source"] == "ensembl"
@@ -144,7 +145,7 @@ def test_neither_table_nor_ncbi_uses_the_annotation(tmp_path):
     genes["description"] = ["alpha kinase", "", "", ""]
     genes["description_source"] = ["hgnc", "", "", ""]
     genes.to_csv(paths["genes"], sep="\t", index=False)
-    describe.run(options=Options(), out=tmp_path / "out.tsv", **paths)
+    describe_stage.run(options=Options(), out=tmp_path / "out.tsv", **paths)
     out = pd.read_csv(tmp_path / "out.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("gene")
     assert out.index.tolist() == ["ALPHA", "BETA", "GAMMA", "delta_alias", "GHOST", "PHANTOM"]
     assert (out.loc["ALPHA", "description"], out.loc["ALPHA", "source"]) == (
@@ -160,7 +161,7 @@ def test_real_refseq_summaries_as_a_user_table(tmp_path, shared_data):
                           "dataset_name": ["TP53", "MYC"], "biotype": ["protein_coding"] * 2, "entrez_id": ["7157", ""]})
     genes.to_csv(paths["genes"], sep="\t", index=False)
     paths["table"] = shared_data / "refseq_summaries_human.tsv.gz"
-    describe.run(options=Options(description_column="Gene_summary"), out=tmp_path / "out.tsv", **paths)
+    describe_stage.run(options=Options(description_column="Gene_summary"), out=tmp_path / "out.tsv", **paths)
     out = pd.read_csv(tmp_path / "out.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("gene")
     assert out.loc["TP53", "source"] == "table" and "tumor suppressor" in out.loc["TP53", "description"]
     assert out.loc["MYC", "source"] == "table" and "transcription factor" in out.loc["MYC", "description"]

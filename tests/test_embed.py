@@ -12,7 +12,9 @@ import pytest
 from grape.features import embed
 
 from grape.features import cache as embed_cache
-from grape.features.embed import Options, kmer_profile, kmer_vocabulary, load_features
+from grape.features.embed import Options, kmer_profile, kmer_vocabulary
+from grape.features.store import load_features
+from grape.stages import embed as embed_stage
 from grape.features.cache import ShardedCache, cached_features, digest
 
 
@@ -267,7 +269,7 @@ def test_run_writes_features_and_second_run_computes_nothing(tmp_path, caplog, m
     paths = stage_paths(tmp_path, desc, fasta)
     options = Options(kmer_k=2, kmer_canonical=False, device="cpu")
     with caplog.at_level(logging.INFO, logger="grape.features.embed"):
-        embed.run(options=options, **paths)
+        embed_stage.run(options=options, **paths)
     assert "text: 4 genes, 4 computed" in caplog.text
 
     genes, text, meta = load_features(paths["text_out"])
@@ -291,7 +293,7 @@ def test_run_writes_features_and_second_run_computes_nothing(tmp_path, caplog, m
     monkeypatch.setattr(embed.KmerFeaturiser, "__call__", boom)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="grape.features.embed"):
-        embed.run(options=options, **paths)
+        embed_stage.run(options=options, **paths)
     assert messages(caplog, "text:")[0].startswith("text: 4 genes, 0 computed, 4 from cache")
     assert "0 computed" in messages(caplog, "dna:")[0]
     genes2, text2, _ = load_features(paths["text_out"])
@@ -302,11 +304,11 @@ def test_run_writes_features_and_second_run_computes_nothing(tmp_path, caplog, m
 def test_editing_one_description_recomputes_one(tmp_path, caplog):
     desc, fasta = write_inputs(tmp_path)
     paths = stage_paths(tmp_path, desc, fasta)
-    embed.run(options=Options(device="cpu"), **paths)
+    embed_stage.run(options=Options(device="cpu"), **paths)
     _, before, _ = load_features(paths["text_out"])
     write_inputs(tmp_path, ["GA is a kinase.", "GB was edited.", "GC is a transporter.", "GD is a microRNA."])
     with caplog.at_level(logging.INFO, logger="grape.features.embed"):
-        embed.run(options=Options(device="cpu"), **paths)
+        embed_stage.run(options=Options(device="cpu"), **paths)
     assert messages(caplog, "text:")[0].startswith("text: 4 genes, 1 computed, 3 from cache")
     assert "0 computed" in messages(caplog, "dna:")[0]
     _, after, _ = load_features(paths["text_out"])
@@ -318,18 +320,19 @@ def test_plan_shards_and_merge_equal_one_job(tmp_path):
     desc, fasta = write_inputs(tmp_path)
     options = Options(kmer_k=3, device="cpu")
     whole = tmp_path / "whole"
-    embed.run(options=options, **stage_paths(whole, desc, fasta))
+    embed_stage.run(options=options, **stage_paths(whole, desc, fasta))
     plans = [tmp_path / f"genes.{i}.txt" for i in range(3)]
-    embed.run(options=options, descriptions=desc, sequences=fasta, plan_out=plans)
+    embed_stage.run(options=options, descriptions=desc, sequences=fasta, plan_out=plans)
     lists = [embed.read_gene_list(p) for p in plans]
     assert [(i, n) for _, i, n in lists] == [(0, 3), (1, 3), (2, 3)]
     assert sorted(g for genes, _, _ in lists for g in genes) == ["GA", "GB", "GC", "GD"]
     for i, plan in enumerate(plans):
-        embed.run(options=options, descriptions=desc, sequences=fasta, genes=plan, cache_dir=tmp_path / "shared_cache",
-                  text_out=tmp_path / f"text.{i}.npz", dna_out=tmp_path / f"dna.{i}.npz")
-    embed.run(options=options, descriptions=desc, text_parts=[tmp_path / f"text.{i}.npz" for i in range(3)],
-              dna_parts=[tmp_path / f"dna.{i}.npz" for i in range(3)], text_out=tmp_path / "text.npz",
-              dna_out=tmp_path / "dna.npz")
+        embed_stage.run(options=options, descriptions=desc, sequences=fasta, genes=plan,
+                        cache_dir=tmp_path / "shared_cache", text_out=tmp_path / f"text.{i}.npz",
+                        dna_out=tmp_path / f"dna.{i}.npz")
+    embed_stage.run(options=options, descriptions=desc, text_parts=[tmp_path / f"text.{i}.npz" for i in range(3)],
+                    dna_parts=[tmp_path / f"dna.{i}.npz" for i in range(3)], text_out=tmp_path / "text.npz",
+                    dna_out=tmp_path / "dna.npz")
     for name in ("text", "dna"):
         genes_a, a, meta_a = load_features(whole / f"{name}.npz")
         genes_b, b, meta_b = load_features(tmp_path / f"{name}.npz")
@@ -343,16 +346,16 @@ def test_more_shards_than_genes_and_a_missing_shard(tmp_path):
     desc, fasta = write_inputs(tmp_path)
     options = Options(device="cpu")
     plans = [tmp_path / f"genes.{i}.txt" for i in range(6)]
-    embed.run(options=options, descriptions=desc, sequences=fasta, plan_out=plans)
+    embed_stage.run(options=options, descriptions=desc, sequences=fasta, plan_out=plans)
     assert sum(len(embed.read_gene_list(p)[0]) == 0 for p in plans) == 2
     for i, plan in enumerate(plans):
-        embed.run(options=options, descriptions=desc, sequences=fasta, genes=plan, cache_dir=tmp_path / "c",
-                  text_out=tmp_path / f"t{i}.npz", dna_out=tmp_path / f"d{i}.npz")
+        embed_stage.run(options=options, descriptions=desc, sequences=fasta, genes=plan, cache_dir=tmp_path / "c",
+                        text_out=tmp_path / f"t{i}.npz", dna_out=tmp_path / f"d{i}.npz")
     assert load_features(tmp_path / "t5.npz")[1].shape == (0, 384)
     with pytest.raises(ValueError, match="is in no text shard"):
-        embed.run(options=options, descriptions=desc, text_parts=[tmp_path / f"t{i}.npz" for i in range(1, 6)],
-                  dna_parts=[tmp_path / f"d{i}.npz" for i in range(1, 6)], text_out=tmp_path / "t.npz",
-                  dna_out=tmp_path / "d.npz")
+        embed_stage.run(options=options, descriptions=desc, text_parts=[tmp_path / f"t{i}.npz" for i in range(1, 6)],
+                        dna_parts=[tmp_path / f"d{i}.npz" for i in range(1, 6)], text_out=tmp_path / "t.npz",
+                        dna_out=tmp_path / "d.npz")
     assert not (tmp_path / "t.npz").exists()
 
 
@@ -366,25 +369,25 @@ def test_plan_balances_the_work():
 def test_run_fails_on_missing_model_before_writing(tmp_path):
     desc, fasta = write_inputs(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"embed\.text_model"):
-        embed.run(options=Options(text_model=str(tmp_path / "nope")), **stage_paths(tmp_path, desc, fasta))
+        embed_stage.run(options=Options(text_model=str(tmp_path / "nope")), **stage_paths(tmp_path, desc, fasta))
     assert not (tmp_path / "text.npz").exists()
     with pytest.raises(FileNotFoundError, match=r"embed\.dna_model"):
-        embed.run(options=Options(dna_model=str(tmp_path / "nope")), **stage_paths(tmp_path, desc, fasta))
+        embed_stage.run(options=Options(dna_model=str(tmp_path / "nope")), **stage_paths(tmp_path, desc, fasta))
     assert not (tmp_path / "text.npz").exists()
 
 
 def test_bad_inputs_are_named(tmp_path):
     desc, fasta = write_inputs(tmp_path)
     with pytest.raises(ValueError, match="embed.dna_stride"):
-        embed.run(options=Options(dna_window=10, dna_stride=20), **stage_paths(tmp_path, desc, fasta))
+        embed_stage.run(options=Options(dna_window=10, dna_stride=20), **stage_paths(tmp_path, desc, fasta))
     bad = tmp_path / "bad.tsv"
     bad.write_text("gene\tdescription\nGA\tx\n")
     with pytest.raises(ValueError, match=r"bad\.tsv: missing column\(s\) gene_id"):
-        embed.run(options=Options(), **stage_paths(tmp_path, bad, fasta))
+        embed_stage.run(options=Options(), **stage_paths(tmp_path, bad, fasta))
     gene_list = tmp_path / "genes.txt"
     gene_list.write_text("# shard 0 of 1\nGA\nGZ\n")
     with pytest.raises(ValueError, match="gene 'GZ' is not in"):
-        embed.run(options=Options(), genes=gene_list, **stage_paths(tmp_path, desc, fasta))
+        embed_stage.run(options=Options(), genes=gene_list, **stage_paths(tmp_path, desc, fasta))
 
 
 def test_cache_module_is_used_by_the_stage():

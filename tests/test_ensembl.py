@@ -12,6 +12,8 @@ import pytest
 from grape.annotation import annotate
 
 from grape.annotation import ensembl
+from grape.stages import annotate as annotate_stage
+from grape.stages import ensembl as ensembl_stage
 from grape.io.download import DownloadError, ResponseCache, RetryPolicy
 from grape.annotation.ensembl import SequenceRequest, promoter_region, release_files, rest_sequences
 from tests.http_server import LoopbackServer, Response, html, stall, status, truncate
@@ -70,7 +72,7 @@ def test_download_with_faults_then_annotate(tmp_path):
         server.inject(path_of(files["ncrna"], server), stall(1.5))
         options = ensembl.Options(species=SPECIES, release=RELEASE, ensembl_url=server.url(), **FAST)
         for item in files.values():
-            ensembl.run(options=options, root=tmp_path / "resources", file=item.path)
+            ensembl_stage.run(options=options, root=tmp_path / "resources", file=item.path)
         for kind, text in (("gtf", gtf_text()), ("cdna", fasta_text("cdna")), ("ncrna", fasta_text("ncrna"))):
             assert gzip.decompress(files[kind].path.read_bytes()).decode() == text
         assert server.count() == 3 + 2 + 2 + 1
@@ -79,7 +81,7 @@ def test_download_with_faults_then_annotate(tmp_path):
     write_dataset(tmp_path / "data.h5ad", var_names=MEASURED)
     paths = {"gtf": files["gtf"].path, "cdna": files["cdna"].path, "ncrna": files["ncrna"].path,
              "dataset": tmp_path / "data.h5ad", **outputs(tmp_path), "mapping_out": tmp_path / "mapping.tsv"}
-    annotate.run(options=annotate.Options(), **paths)
+    annotate_stage.run(options=annotate.Options(), **paths)
     genes = read_tsv(paths["genes_out"]).set_index("dataset_name")
     assert genes.loc["AAA1", "canonical_transcript"] == "ENST00000000001"
     assert read_fasta(paths["fasta_out"])["ENSG00000000003"][1] == SEQUENCES["ENST00000000006"]
@@ -94,11 +96,11 @@ def test_failed_file_is_resumed_and_finished_files_are_not_fetched_again(tmp_pat
         server.inject(ncrna, *[status(503)] * 4)
         options = ensembl.Options(species=SPECIES, release=RELEASE, ensembl_url=server.url(), **FAST)
         with pytest.raises(DownloadError) as info:
-            ensembl.run(options=options, root=tmp_path)
+            ensembl_stage.run(options=options, root=tmp_path)
         assert ncrna in str(info.value) and "HTTP 503" in str(info.value)
         assert files["gtf"].path.is_file() and files["cdna"].path.is_file() and not files["ncrna"].path.exists()
         before = server.count()
-        ensembl.run(options=options, root=tmp_path)
+        ensembl_stage.run(options=options, root=tmp_path)
         assert server.count() - before == 1 and server.requests[-1].path == ncrna
         assert files["ncrna"].path.is_file()
 
@@ -106,7 +108,7 @@ def test_failed_file_is_resumed_and_finished_files_are_not_fetched_again(tmp_pat
 def test_file_outside_the_release_is_refused(tmp_path):
     options = ensembl.Options(species=SPECIES, release=RELEASE)
     with pytest.raises(ValueError, match="not a file of homo_sapiens Ensembl release 110"):
-        ensembl.run(options=options, root=tmp_path, file=tmp_path / "other.gtf.gz")
+        ensembl_stage.run(options=options, root=tmp_path, file=tmp_path / "other.gtf.gz")
 
 
 # --------------------------------------------------------------------------- REST
@@ -189,7 +191,7 @@ def test_annotate_with_rest_sequences(tmp_path):
         rest_server(server, {})
         options = annotate.Options(sequence="promoter", rest_url=server.url(), flank_upstream=100,
                                    flank_downstream=20, **FAST)
-        annotate.run(options=options, **paths)
+        annotate_stage.run(options=options, **paths)
         genes = read_tsv(paths["genes_out"])
         assert set(genes["sequence_kind"]) == {"promoter"}
         assert set(genes["sequence_length"]) == {"20"}

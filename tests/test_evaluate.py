@@ -14,6 +14,7 @@ from grape.data.dataset import DatasetOptions
 from grape.evaluation.de import add_de_rankings
 from grape.evaluation.evaluate import Options, condition_stats
 from grape.evaluation.metrics import METRICS
+from grape.stages import evaluate as evaluate_stage
 
 
 def scored(models, truth, split, *, control=None):
@@ -135,8 +136,8 @@ def stage_inputs(tmp_path, *, de_in_uns: bool = True):
 def test_run_perfect_predictions(tmp_path, monkeypatch, de_in_uns):
     adata, means, pred_path = stage_inputs(tmp_path, de_in_uns=de_in_uns)
     monkeypatch.setattr("sys.stdin", io.StringIO('{"run": "tiny", "train": {"epochs": 3}}'))
-    evaluate.run(options=Options(), dataset=tmp_path / "data.h5ad", predictions=[pred_path],
-                 split=tmp_path / "split.tsv", out_dir=tmp_path / "eval", run_config="-")
+    evaluate_stage.run(options=Options(), dataset=tmp_path / "data.h5ad", predictions=[pred_path],
+                       split=tmp_path / "split.tsv", out_dir=tmp_path / "eval", run_config="-")
 
     metrics = pd.read_csv(tmp_path / "eval" / "metrics.tsv", sep="\t").set_index(["model", "subgroup", "metric"])
     assert metrics.loc[("grape", "all", "mse"), "value"] == pytest.approx(0.0, abs=1e-10)
@@ -181,8 +182,9 @@ def test_run_perfect_predictions(tmp_path, monkeypatch, de_in_uns):
 
 def test_run_with_a_chosen_set_of_baselines(tmp_path):
     _, _, pred_path = stage_inputs(tmp_path)
-    evaluate.run(options=Options(baselines=["additive"], baseline_splits=["train"]), dataset=tmp_path / "data.h5ad",
-                 predictions=[pred_path], split=tmp_path / "split.tsv", out_dir=tmp_path / "eval")
+    evaluate_stage.run(options=Options(baselines=["additive"], baseline_splits=["train"]),
+                       dataset=tmp_path / "data.h5ad", predictions=[pred_path], split=tmp_path / "split.tsv",
+                       out_dir=tmp_path / "eval")
     metrics = pd.read_csv(tmp_path / "eval" / "metrics.tsv", sep="\t")
     assert set(metrics["model"]) == {"grape", "additive"}
     summary = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -204,8 +206,8 @@ def test_run_refuses_predictions_of_other_genes(tmp_path):
     ad.AnnData(X=np.zeros((len(conds), 24), dtype=np.float32), obs=pd.DataFrame(index=conds),
                var=pd.DataFrame(index=adata.var_names[:24])).write_h5ad(tmp_path / "pred.h5ad")
     with pytest.raises(ValueError, match=r"genes differ from"):
-        evaluate.run(options=Options(), dataset=tmp_path / "data.h5ad", predictions=[tmp_path / "pred.h5ad"],
-                     split=tmp_path / "split.tsv", out_dir=tmp_path / "eval")
+        evaluate_stage.run(options=Options(), dataset=tmp_path / "data.h5ad", predictions=[tmp_path / "pred.h5ad"],
+                           split=tmp_path / "split.tsv", out_dir=tmp_path / "eval")
 
 
 def test_run_refuses_predictions_missing_a_test_condition(tmp_path):
@@ -213,8 +215,8 @@ def test_run_refuses_predictions_missing_a_test_condition(tmp_path):
     pred = ad.read_h5ad(pred_path)
     pred[pred.obs_names != "G3+ctrl"].copy().write_h5ad(pred_path)
     with pytest.raises(ValueError, match=r"no prediction for test condition\(s\) G3\+ctrl"):
-        evaluate.run(options=Options(), dataset=tmp_path / "data.h5ad", predictions=[pred_path],
-                     split=tmp_path / "split.tsv", out_dir=tmp_path / "eval")
+        evaluate_stage.run(options=Options(), dataset=tmp_path / "data.h5ad", predictions=[pred_path],
+                           split=tmp_path / "split.tsv", out_dir=tmp_path / "eval")
 
 
 def test_run_refuses_a_split_of_other_conditions(tmp_path):
@@ -223,14 +225,15 @@ def test_run_refuses_a_split_of_other_conditions(tmp_path):
     pd.DataFrame({"condition": ["G0+ctrl"], "split": ["test"], "subgroup": ["unseen_single"]}).to_csv(
         tmp_path / "split.tsv", sep="\t", index=False)
     with pytest.raises(ValueError, match=r"conditions differ from the dataset's"):
-        evaluate.run(options=Options(), dataset=tmp_path / "data.h5ad", predictions=[tmp_path / "pred.h5ad"],
-                     split=tmp_path / "split.tsv", out_dir=tmp_path / "eval")
+        evaluate_stage.run(options=Options(), dataset=tmp_path / "data.h5ad", predictions=[tmp_path / "pred.h5ad"],
+                           split=tmp_path / "split.tsv", out_dir=tmp_path / "eval")
 
 
 def test_run_refuses_baselines_fitted_on_test(tmp_path):
     with pytest.raises(ValueError, match=r"baseline_splits: 'test' not allowed"):
-        evaluate.run(options=Options(baseline_splits=["test"]), dataset=tmp_path / "missing.h5ad",
-                     predictions=[tmp_path / "pred.h5ad"], split=tmp_path / "split.tsv", out_dir=tmp_path / "eval")
+        evaluate_stage.run(options=Options(baseline_splits=["test"]), dataset=tmp_path / "missing.h5ad",
+                           predictions=[tmp_path / "pred.h5ad"], split=tmp_path / "split.tsv",
+                           out_dir=tmp_path / "eval")
 
 
 def test_run_on_relative_pseudobulk_without_a_control_row(tmp_path):
@@ -249,8 +252,8 @@ def test_run_on_relative_pseudobulk_without_a_control_row(tmp_path):
     ad.AnnData(X=change.to_numpy(dtype=np.float32), obs=pd.DataFrame(index=conds),
                var=pd.DataFrame(index=adata.var_names)).write_h5ad(folder / "predictions.h5ad")
     options = Options(level="pseudobulk", relative=True)
-    evaluate.run(options=options, dataset=tmp_path / "bulk.h5ad", predictions=[folder / "predictions.h5ad"],
-                 split=tmp_path / "split.tsv", out_dir=tmp_path / "eval")
+    evaluate_stage.run(options=options, dataset=tmp_path / "bulk.h5ad", predictions=[folder / "predictions.h5ad"],
+                       split=tmp_path / "split.tsv", out_dir=tmp_path / "eval")
     m = pd.read_csv(tmp_path / "eval" / "metrics.tsv", sep="\t").set_index(["model", "subgroup", "metric"])
     assert m.loc[("grape", "all", "mse"), "value"] == pytest.approx(0.0, abs=1e-10)
     assert m.loc[("grape", "all", "pearson_delta_de"), "value"] == pytest.approx(1.0)

@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from grape.graph import build as graph
-from grape.features.embed import _save
+from grape.features.store import save_features as _save
 from grape.graph.build import (
     Options,
     build_graph,
@@ -19,8 +18,12 @@ from grape.graph.build import (
     prior_edges,
     save_graph,
     standardize,
+    to_heterodata,
     topk_similar,
+    zscore_columns,
 )
+from grape.stages import graph
+from grape.variants import GRAPH_VARIANTS, model_graph_variant
 
 
 def unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
@@ -180,7 +183,7 @@ def test_build_graph_default_groups():
     nodes = nodes_table()
     text, dna = features()
     opts = Options(top_k=3, min_similarity=0.1, chunk_size=7)
-    data = build_graph(nodes, text, dna, options=opts)
+    data = to_heterodata(build_graph(nodes, text, dna, options=opts))
     assert data.validate(raise_on_error=True)
     assert sorted(data.node_types) == ["coding", "noncoding"]
     coding = nodes.index[nodes["biotype"] == "protein_coding"].to_numpy()
@@ -214,7 +217,7 @@ def test_build_graph_custom_mapping_three_types():
     text, dna = features()
     opts = Options(biotype_groups={"protein_coding": "coding", "lncRNA": "lnc"}, default_group="other",
                    top_k=3, min_similarity=0.1)
-    data = build_graph(nodes, text, dna, options=opts)
+    data = to_heterodata(build_graph(nodes, text, dna, options=opts))
     assert data.validate(raise_on_error=True)
     assert sorted(data.node_types) == ["coding", "lnc", "other"]
     assert data["lnc"].global_id.tolist() == nodes.index[nodes["biotype"] == "lncRNA"].tolist()
@@ -229,10 +232,10 @@ def test_build_graph_custom_mapping_three_types():
 def test_save_load_round_trip_is_safetensors(tmp_path):
     nodes = nodes_table()
     text, dna = features()
-    data = build_graph(nodes, text, dna, options=Options(top_k=3, min_similarity=0.1))
+    built = build_graph(nodes, text, dna, options=Options(top_k=3, min_similarity=0.1))
+    data = built.data
     path = tmp_path / "graph.safetensors"
-    save_graph(path, data, genes=nodes["gene"].tolist(), biotypes=nodes["biotype"].tolist(),
-               options=Options(top_k=3, min_similarity=0.1))
+    save_graph(path, built)
 
     raw = path.read_bytes()
     assert not raw.startswith(b"\x80")  # not a pickle
@@ -255,6 +258,73 @@ def test_save_load_round_trip_is_safetensors(tmp_path):
         assert torch.equal(loaded.data[e].edge_index, data[e].edge_index)
         assert torch.equal(loaded.data[e].edge_weight, data[e].edge_weight)
     assert loaded.data.validate(raise_on_error=True)
+    # the file is the plain tensors, in global node order
+    for key in ("node_type", "edge_index", "edge_weight"):
+        assert torch.equal(getattr(loaded, key), getattr(built, key)), key
+    for name in ("text", "dna"):
+        assert torch.equal(loaded.modalities[name], built.modalities[name])
+    assert loaded.node_types == built.node_types and loaded.variant == "full"
+
+
+def test_loading_a_file_of_another_format_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"node/coding/x_text": torch.zeros(2, 3)}, str(tmp_path / "old.safetensors"), metadata={"genes": "[]"})
+    with pytest.raises(ValueError, match="not a graph of this grape version"):
+        load_graph(tmp_path / "old.safetensors")
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def test_graph_variants_are_the_graphs_training_rebuilt():
+    """Each graph variant is the graph that training made of the full graph before the variants were
+    graph-level: the prior of one modality from its z-scored features, one node type for no_biotype."""
+    nodes = nodes_table()
+    text, dna = features()
+    opts = Options(top_k=3, min_similarity=0.1, chunk_size=7)
+    full = build_graph(nodes, text, dna, options=opts)
+    assert full.prior_modalities == ("text", "dna") and full.biotype
+    one_type = build_graph(nodes, text, dna, options=opts, variant="no_biotype")
+    assert one_type.node_types == ("gene",) and not one_type.node_type.any()
+    assert torch.equal(one_type.edge_index, full.edge_index) and torch.equal(one_type.edge_weight, full.edge_weight)
+    for name, x in (("text_only", text), ("dna_only", dna)):
+        graph_variant = build_graph(nodes, text, dna, options=opts, variant=name)
+        expected = prior_edges([zscore_columns(torch.from_numpy(x))], top_k=3, min_similarity=0.1, chunk_size=7)
+        assert torch.equal(graph_variant.edge_index, expected[0])
+        assert torch.equal(graph_variant.edge_weight, expected[1])
+        assert graph_variant.node_types == full.node_types and torch.equal(graph_variant.node_type, full.node_type)
+        assert {tuple(e) for e in graph_variant.edge_index.T.tolist()} != {tuple(e) for e in full.edge_index.T.tolist()}
+        for m in ("text", "dna"):  # the features stay: the variant changes the prior only
+            assert torch.equal(graph_variant.modalities[m], full.modalities[m])
+    with pytest.raises(ValueError, match="unknown graph variant 'no_dna'"):
+        build_graph(nodes, text, dna, options=opts, variant="no_dna")
+
+
+def test_full_graph_lists_edges_relation_by_relation():
+    nodes = nodes_table()
+    text, dna = features()
+    g = build_graph(nodes, text, dna, options=Options(top_k=3, min_similarity=0.1))
+    relation = g.node_type[g.edge_index[0]] * len(g.node_types) + g.node_type[g.edge_index[1]]
+    assert (relation.diff() >= 0).all()
+
+
+@pytest.mark.parametrize(("model_variant", "train", "expected"), [
+    ("full", {}, "full"), ("no_gsl", {}, "full"), ("joint_doubles", {}, "full"), ("no_pretraining", {}, "full"),
+    ("no_biotype", {}, "no_biotype"), ("text_only", {}, "text_only"), ("dna_only", {}, "dna_only"),
+    ("full", {"modalities": ["dna", "text"], "biotype": True}, "full"),
+    ("full", {"modalities": ["text"]}, "text_only"), ("no_gsl", {"biotype": False}, "no_biotype"),
+])
+def test_model_variants_train_on_the_graph_variant_their_options_need(model_variant, train, expected):
+    assert model_graph_variant(model_variant, train) == expected
+    assert expected in GRAPH_VARIANTS
+
+
+def test_a_graph_no_variant_builds_is_refused():
+    with pytest.raises(ValueError, match="no graph variant builds a prior from text with one node type"):
+        model_graph_variant("text_only", {"biotype": False})
+    with pytest.raises(ValueError, match="unknown model variant 'no_model'"):
+        model_graph_variant("no_model")
 
 
 # --------------------------------------------------------------------------- stage
@@ -275,11 +345,19 @@ def test_run_writes_graph(tmp_path):
     genes = [f"G{i:02d}" for i in range(10)]
     nodes, desc = write_stage_inputs(tmp_path, genes, genes)
     out = tmp_path / "graph.safetensors"
-    graph.run(options=Options(top_k=3, min_similarity=0.1), descriptions=desc,
+    graph.run(options=graph.Options(top_k=3, min_similarity=0.1), descriptions=desc,
               text=tmp_path / "text.npz", dna=tmp_path / "dna.npz", out=out)
     loaded = load_graph(out)
     assert loaded.genes == genes
     assert sorted(loaded.data.node_types) == ["coding", "noncoding"]
+    assert loaded.variant == "full"
+    graph.run(options=graph.Options(top_k=3, min_similarity=0.1, variant="no_biotype"), descriptions=desc,
+              text=tmp_path / "text.npz", dna=tmp_path / "dna.npz", out=tmp_path / "one_type.safetensors")
+    one_type = load_graph(tmp_path / "one_type.safetensors")
+    assert one_type.variant == "no_biotype" and one_type.node_types == ("gene",)
+    assert one_type.options["variant"] == "no_biotype" and one_type.options["top_k"] == 3
+    with pytest.raises(ValueError, match="unknown graph variant 'x'"):
+        graph.Options(variant="x")
 
 
 @pytest.mark.parametrize("which", ["text", "dna"])
@@ -291,6 +369,6 @@ def test_run_refuses_features_in_another_order(tmp_path, which):
                                  swapped if which == "dna" else genes)
     out = tmp_path / "graph.safetensors"
     with pytest.raises(ValueError, match=rf"{which} features do not list the genes"):
-        graph.run(options=Options(top_k=3), descriptions=desc,
+        graph.run(options=graph.Options(top_k=3), descriptions=desc,
                   text=tmp_path / "text.npz", dna=tmp_path / "dna.npz", out=out)
     assert not out.exists()

@@ -284,14 +284,54 @@ def test_graph_regulariser_is_positive_in_training_only():
     assert float(loss) == 0.0
 
 
-def test_attention_is_normalised_over_incoming_edges():
+def reference_attention(layer, h0: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, relation: torch.Tensor,
+                        weight: torch.Tensor) -> torch.Tensor:
+    """GATv2-style attention of one layer, edge by edge with its relation's own parameters, then a
+    softmax over each target's incoming edges (of every relation), with ``log w`` as a prior."""
+    score = torch.empty(len(src))
+    for e in range(len(src)):
+        r, s, d = int(relation[e]), int(src[e]), int(dst[e])
+        hidden = torch.nn.functional.leaky_relu(h0[s] @ layer.att_src[r] + h0[d] @ layer.att_dst[r], 0.2)
+        score[e] = hidden @ layer.att_vec[r] + torch.log(weight[e].clamp(min=1e-8))
+    out = torch.empty(len(src))
+    for d in dst.unique():
+        incoming = dst == d
+        out[incoming] = torch.softmax(score[incoming], dim=0)
+    return out
+
+
+@pytest.mark.parametrize("gsl", [True, False])
+def test_attention_of_each_layer_and_relation(gsl):
     graph = tiny_graph()
-    net = make_model().network(graph)
-    for layer_attention in (net["attention"],):
-        totals = torch.zeros(N).index_add(0, net["dst"], layer_attention)
-        has_in = torch.zeros(N, dtype=torch.bool)
-        has_in[net["dst"]] = True
+    model = make_model(gsl=gsl).eval()
+    net = model.network(graph)
+    assert net["layer_attention"].shape == (len(model.layers), len(net["src"]))
+    h0 = model.encode(graph)
+    has_in = torch.zeros(N, dtype=torch.bool)
+    has_in[net["dst"]] = True
+    assert set(net["relation"].tolist()) == set(range(len(graph.relations)))  # every relation has edges
+    for i, layer in enumerate(model.layers):
+        alpha = net["layer_attention"][i]
+        # each layer's attention is its own relations' parameters applied to the graph's edges ...
+        expected = reference_attention(layer, h0, net["src"], net["dst"], net["relation"], net["weight"])
+        torch.testing.assert_close(alpha, expected, rtol=1e-5, atol=1e-6)
+        # ... normalised over every gene's incoming edges
+        totals = torch.zeros(N).index_add(0, net["dst"], alpha)
         torch.testing.assert_close(totals[has_in], torch.ones(int(has_in.sum())))
+    # the layers differ, and the exported attention is their mean
+    assert not torch.allclose(net["layer_attention"][0], net["layer_attention"][1])
+    torch.testing.assert_close(net["attention"], net["layer_attention"].mean(0))
+    # a relation's parameters act on its own edges only
+    layer = model.layers[0]
+    edges = net["relation"] == 1
+    with torch.no_grad():
+        layer.att_vec[1].mul_(3.0)
+    changed = reference_attention(layer, h0, net["src"], net["dst"], net["relation"], net["weight"])
+    moved = (changed - net["layer_attention"][0]).abs() > 1e-6
+    assert moved[edges].any()
+    targets_of_relation = net["dst"][edges].unique()
+    assert not moved[~torch.isin(net["dst"], targets_of_relation)].any()
+    torch.testing.assert_close(model.network(graph)["layer_attention"][0], changed, rtol=1e-5, atol=1e-6)
 
 
 def test_one_node_type_has_one_relation():
@@ -354,17 +394,14 @@ def test_coalesce_edges_sums_repeats():
 # --------------------------------------------------------------------------- graph_tensors
 
 
-def loaded_graph(n: int = 10) -> Graph:
+def loaded_graph(n: int = 10, variant: str = "full") -> tuple[Graph, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     nodes = pd.DataFrame({"gene": [f"G{i}" for i in range(n)],
                           "biotype": ["protein_coding" if i % 3 else "lncRNA" for i in range(n)]})
     base = rng.normal(size=(n, 2))
     text = (base @ rng.normal(size=(2, 5)) + 0.2 * rng.normal(size=(n, 5))).astype(np.float32)
     dna = (base @ rng.normal(size=(2, 4)) + 0.2 * rng.normal(size=(n, 4))).astype(np.float32)
-    opts = Options(top_k=3, min_similarity=0.0)
-    data = build_graph(nodes, text, dna, options=opts)
-    return Graph(data=data, genes=nodes["gene"].tolist(), biotypes=nodes["biotype"].tolist(),
-                 options=dataclasses.asdict(opts)), text, dna
+    return build_graph(nodes, text, dna, options=Options(top_k=3, min_similarity=0.0), variant=variant), text, dna
 
 
 def test_graph_tensors_global_order():
@@ -391,13 +428,12 @@ def test_graph_tensors_global_order():
     assert got == expected and tensors.edge_index.shape[1] == len(expected)
 
 
-def test_graph_tensors_ablations():
-    g, _, _ = loaded_graph()
+def test_graph_tensors_of_the_graph_variants():
     control, measured = np.zeros(10, np.float32), np.ones(10, np.float32)
-    one_type = graph_tensors(g, control, measured, biotype=False)
+    one_type = graph_tensors(loaded_graph(variant="no_biotype")[0], control, measured)
     assert one_type.node_types == ("gene",) and not one_type.node_type.any()
-    text_only = graph_tensors(g, control, measured, modalities=["text"])
-    full = graph_tensors(g, control, measured)
+    text_only = graph_tensors(loaded_graph(variant="text_only")[0], control, measured)
+    full = graph_tensors(loaded_graph()[0], control, measured)
     # the prior is rebuilt from the text alone, so it differs from the two-modality prior
     assert {tuple(e) for e in text_only.edge_index.T.tolist()} != {tuple(e) for e in full.edge_index.T.tolist()}
 
@@ -470,3 +506,13 @@ def test_evaluation_reuses_the_search_until_the_parameters_change():
     assert model.structure_learner._eval_index is not index
     assert changed["src"].shape == first["src"].shape
 
+
+
+def test_loading_a_model_imports_neither_the_embedding_stage_nor_the_command_line():
+    import subprocess
+    import sys
+
+    code = ("import sys, grape.model.gnn, grape.model.train; "
+            "print(' '.join(m for m in sys.modules if m.startswith(('grape.features', 'grape.cli', 'grape.stages'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == []

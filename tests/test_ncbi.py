@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from grape.annotation import describe
+from grape.stages import describe as describe_stage
 from grape.annotation.describe import Options
 from grape.io.download import DownloadError
 from grape.annotation.ncbi import NCBI_EUTILS
@@ -55,7 +56,7 @@ def options(server: LoopbackServer, **kw) -> Options:
 
 def run_stage(server, root: Path, cache: Path, **kw) -> pd.DataFrame:
     paths = write_inputs(root)
-    describe.run(options=options(server, **kw), out=root / "out.tsv", ncbi_cache=cache, **paths)
+    describe_stage.run(options=options(server, **kw), out=root / "out.tsv", ncbi_cache=cache, **paths)
     return pd.read_csv(root / "out.tsv", sep="\t", dtype=str, keep_default_na=False)
 
 
@@ -190,14 +191,14 @@ def test_bio_entrez_is_left_as_it_was(server, tmp_path):
 def test_email_is_required_before_any_request(server, tmp_path):
     paths = write_inputs(tmp_path)
     with pytest.raises(ValueError, match="describe.email"):
-        describe.run(options=options(server, email=None), out=tmp_path / "out.tsv", ncbi_cache=tmp_path / "c", **paths)
+        describe_stage.run(options=options(server, email=None), out=tmp_path / "out.tsv", ncbi_cache=tmp_path / "c", **paths)
     assert server.count() == 0
 
 
 def test_user_table_takes_precedence_over_ncbi(server, tmp_path):
     paths = write_inputs(tmp_path)
     pd.DataFrame({"entrez_id": ["1004"], "description": ["curated text"]}).to_csv(tmp_path / "t.tsv", sep="\t", index=False)
-    describe.run(options=options(server), out=tmp_path / "out.tsv", ncbi_cache=tmp_path / "c",
+    describe_stage.run(options=options(server), out=tmp_path / "out.tsv", ncbi_cache=tmp_path / "c",
                  table=tmp_path / "t.tsv", **paths)
     out = pd.read_csv(tmp_path / "out.tsv", sep="\t", dtype=str, keep_default_na=False).set_index("gene")
     assert out.loc["GENE4", "description"] == "curated text" and out.loc["GENE4", "source"] == "table"

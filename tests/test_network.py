@@ -7,9 +7,10 @@ import torch
 
 from grape.graph import network
 from grape.graph.build import Options as GraphOptions
-from grape.graph.build import build_graph, save_graph
+from grape.graph.build import build_graph, load_graph, save_graph
 from grape.model.gnn import GRAPE, ModelConfig
 from grape.graph.network import export_network, graph_name, precision_at_k, prior_network, recovery
+from grape.stages import network as network_stage
 
 from test_model import DIMS, tiny_graph
 
@@ -90,9 +91,10 @@ def test_run_scores_prior_and_learned(tmp_path):
     nodes = pd.DataFrame({"gene": genes, "biotype": ["protein_coding"] * n})
     text = rng.normal(size=(n, 5)).astype(np.float32)
     dna = rng.normal(size=(n, 4)).astype(np.float32)
-    data = build_graph(nodes, text, dna, options=GraphOptions(top_k=3, min_similarity=0.0))
-    save_graph(tmp_path / "graph.safetensors", data, genes=genes, biotypes=nodes["biotype"].tolist())
-    prior = prior_network(tmp_path / "graph.safetensors")
+    built = build_graph(nodes, text, dna, options=GraphOptions(top_k=3, min_similarity=0.0))
+    save_graph(tmp_path / "graph.safetensors", built)
+    data = built.data
+    prior = prior_network(load_graph(tmp_path / "graph.safetensors"))
     assert len(prior) == data["coding", "to", "coding"].edge_index.shape[1]
     # the truth is the prior's edges: the prior has precision 1 at k=1; a learned net of reversed edges 0
     prior.rename(columns={"source": "source_name", "target": "target_name"}).to_csv(
@@ -103,8 +105,8 @@ def test_run_scores_prior_and_learned(tmp_path):
                                      set(zip(prior["source"], prior["target"])), axis=1)]
     reverse.to_csv(tmp_path / "train" / "full" / "network.tsv", sep="\t", index=False)
     out = tmp_path / "recovery.tsv"
-    network.run(options=network.Options(ks=[1, 3]), graph=tmp_path / "graph.safetensors",
-                networks=[tmp_path / "train" / "full" / "network.tsv"], truth=tmp_path / "truth.tsv", out=out)
+    network_stage.run(options=network.Options(ks=[1, 3]), graph=tmp_path / "graph.safetensors",
+                      networks=[tmp_path / "train" / "full" / "network.tsv"], truth=tmp_path / "truth.tsv", out=out)
     result = pd.read_csv(out, sep="\t")
     assert list(result.columns) == ["graph", "k", "precision", "hits", "n_edges", "n_true", "recall"]
     got = result.set_index(["graph", "k"])["precision"]

@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from grape.evaluation import report
 from grape.evaluation.evaluate import summarize as summarize_metrics
 from grape.evaluation.metrics import HEADLINE, METRICS
 from grape.evaluation.plots import degree_by_pair, network_columns
+from grape.stages import report as report_stage
+from workflow_tools import TINY, TINY_ARGS, snakemake
 
-REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -80,7 +76,7 @@ def evaluation_outputs(tmp_path: Path) -> dict[str, Path]:
 def test_run_writes_the_summary_and_every_plot(tmp_path):
     paths = evaluation_outputs(tmp_path)
     networks = [tmp_path / "train" / v / "network.tsv" for v in ("full", "no_gsl")]
-    report.run(options=report.Options(), out_dir=tmp_path / "report", networks=networks,
+    report_stage.run(options=report.Options(), out_dir=tmp_path / "report", networks=networks,
                recovery=tmp_path / "recovery.tsv", **paths)
     out = tmp_path / "report"
     for name in report.PLOTS.values():
@@ -97,7 +93,7 @@ def test_run_writes_the_summary_and_every_plot(tmp_path):
 
 def test_run_without_networks_draws_no_network(tmp_path):
     paths = evaluation_outputs(tmp_path)
-    report.run(options=report.Options(plot_conditions=["A+B"], plot_genes=5), out_dir=tmp_path / "report", **paths)
+    report_stage.run(options=report.Options(plot_conditions=["A+B"], plot_genes=5), out_dir=tmp_path / "report", **paths)
     assert not (tmp_path / "report" / report.PLOTS["network"]).exists()
     assert "This run exports no learned network." in (tmp_path / "report" / "summary.md").read_text()
 
@@ -115,7 +111,7 @@ def test_best_value_of_each_column_is_bold(tmp_path):
 def test_plot_conditions_must_be_test_conditions(tmp_path):
     paths = evaluation_outputs(tmp_path)
     with pytest.raises(ValueError, match=r"report.plot_conditions: Z\+ctrl not among the test conditions"):
-        report.run(options=report.Options(plot_conditions=["Z+ctrl"]), out_dir=tmp_path / "report", **paths)
+        report_stage.run(options=report.Options(plot_conditions=["Z+ctrl"]), out_dir=tmp_path / "report", **paths)
     assert not (tmp_path / "report").exists()
 
 
@@ -148,14 +144,6 @@ def test_network_table_columns_are_checked():
 
 # --------------------------------------------------------------------------- Snakemake report, tiny demo
 
-TINY = {
-    "run": "tiny",
-    "simulate": {"n_genes": 60, "n_modules": 3, "n_singles": 10, "n_doubles": 5,
-                 "cells_per_condition": 12, "control_cells": 40},
-    "graph": {"top_k": 5},
-    "train": {"epochs": 8, "patience": 4, "hidden": 8, "batch_size": 8, "ablations": []},
-}
-
 
 def embedded(html: str, rel: str) -> bytes:
     """The bytes of a result file embedded in Snakemake's report.html (a base64 data URI keyed by path)."""
@@ -166,39 +154,29 @@ def embedded(html: str, rel: str) -> bytes:
     return base64.b64decode(match.group(1))
 
 
-@pytest.mark.slow
-def test_snakemake_report_holds_every_plot_and_table(tmp_path):
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(REPO / name, tmp_path / name)
-    for name in ("rules", "workflow", "grape", "envs"):
-        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
-    base = [sys.executable, "-m", "snakemake", "--snakefile", str(tmp_path / "Snakefile"), "--directory",
-            str(tmp_path), "--configfile", str(tmp_path / "tiny.yaml"), "--cores", "2"]
-    for extra in ([], ["--report", str(tmp_path / "report.html")]):
-        result = subprocess.run(base + extra, capture_output=True, text=True, env=env, timeout=900)
-        assert result.returncode == 0, result.stderr[-4000:]
+def test_snakemake_report_holds_every_plot_and_table(tiny_run, tmp_path):
+    """`snakemake --report` on the session's finished tiny run (the full model and its no_gsl ablation)."""
+    snakemake(tiny_run, *TINY_ARGS, "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text()
-    results = tmp_path / "results" / "tiny"
+    results = tiny_run / "results" / TINY["run"]
     expected = ["report/summary.md", "report/pred_vs_obs.png", "report/metric_bars.png",
-                "report/training_curves.png", "evaluate/metrics.tsv", "evaluate/per_condition.tsv",
-                "evaluate/metrics.json", "train/full/history.tsv"]
-    if (results / "train" / "full" / "network.tsv").exists():  # the model exports its learned network
-        expected.append("report/network_degree.png")
-    if (results / "network" / "recovery.tsv").exists():
-        expected.append("network/recovery.tsv")
-        assert "Recovery of the true network" in (results / "report" / "summary.md").read_text()
-    for rel in expected:
-        assert embedded(html, f"results/tiny/{rel}") == (results / rel).read_bytes(), rel
+                "report/training_curves.png", "report/network_degree.png", "evaluate/metrics.tsv",
+                "evaluate/per_condition.tsv", "evaluate/metrics.json", "network/recovery.tsv",
+                "train/full/history.tsv", "train/no_gsl/history.tsv", "train/full/network.tsv",
+                "train/no_gsl/network.tsv"]
+    for rel in expected:  # each result is embedded in the report byte for byte
+        assert embedded(html, f"results/{TINY['run']}/{rel}") == (results / rel).read_bytes(), rel
     for rel in expected:
         if rel.endswith(".png"):
-            assert (results / rel).read_bytes()[:8] == PNG
+            assert (results / rel).read_bytes()[:8] == PNG, rel
+    # the demo knows its true network: the summary scores the learned one against it
+    assert "Recovery of the true network" in (results / "report" / "summary.md").read_text()
     # captions are rendered into the report
     assert "Predicted against observed change from the control mean" in html
     assert "The headline metrics of every model" in html
     summary = json.loads((results / "evaluate" / "metrics.json").read_text())
-    assert summary["config"]["run"] == "tiny" and summary["config"]["train"]["epochs"] == 8
-    assert set(summary["models"]) >= {"grape", "no_change", "mean", "additive", "linear"}
+    assert summary["config"]["run"] == TINY["run"]
+    assert summary["config"]["train"]["epochs"] == TINY["train"]["epochs"]
+    assert set(summary["models"]) >= {"grape", "grape_no_gsl", "no_change", "mean", "additive", "linear"}
     # the summary is logged by the report job
-    assert "# GRAPE run summary" in (tmp_path / "logs" / "tiny" / "report.log").read_text()
+    assert "# GRAPE run summary" in (tiny_run / "logs" / TINY["run"] / "report.log").read_text()

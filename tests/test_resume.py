@@ -1,11 +1,12 @@
 """A run killed hard in the middle of `train` resumes and gives the metrics of a run never killed.
 
-Two copies of the workflow run the same tiny configuration side by side: one straight
-through; the other is killed with SIGKILL (its whole process group, as a power loss or
-a SLURM job kill would) while `train` is in its epochs, then resumed the way
-docs/resume.md tells a user: `snakemake --unlock`, then `--rerun-incomplete`.
-Training on the CPU is deterministic for a fixed seed and the same thread count (both
-runs use one core), so evaluate/metrics.tsv must match value for value.
+The run never killed is the session's tiny demo (the `tiny_run` fixture of tests/conftest.py).
+A copy of it, with the full model's training outputs and log and the later stages' outputs removed,
+reruns `train` and later stages; it is killed with SIGKILL (its whole process group, as a power loss or a SLURM job kill
+would) while `train` is in its epochs, then resumed the way docs/resume.md tells a user:
+`snakemake --unlock`, then `--rerun-incomplete`. Training on the CPU is deterministic for a fixed
+seed and the same thread count (both runs train with one thread), so evaluate/metrics.tsv must
+match value for value.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,40 +24,12 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-RUN = "resume"
-CONFIG = {
-    "run": RUN,
-    "simulate": {"n_genes": 60, "n_modules": 3, "n_singles": 10, "n_doubles": 4,
-                 "cells_per_condition": 8, "control_cells": 40},
-    "graph": {"top_k": 5},
-    "train": {"epochs": 100, "patience": 100, "hidden": 8, "batch_size": 8, "pretrain_epochs": 2, "ablations": []},
-}
+from workflow_tools import TINY, TINY_ARGS, copy_workflow, snakemake_command
+
+RUN = TINY["run"]
 UPSTREAM = {"simulate", "preflight", "annotate", "describe", "embed_plan", "embed_shard", "embed", "graph", "split"}
 TIMEOUT = 600  # seconds for any one Snakemake call
-
-pytestmark = pytest.mark.slow
-
-
-def copy_workflow(root: Path) -> Path:
-    root.mkdir(parents=True)
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(REPO / name, root / name)
-    for name in ("rules", "workflow", "grape", "envs"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "test_config.yaml").write_text(yaml.safe_dump(CONFIG))
-    return root
-
-
-def command(root: Path, *args: str) -> tuple[list[str], dict[str, str]]:
-    """Snakemake on the copy with this interpreter's environment first on PATH, one core, one thread per job."""
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"), "--directory", str(root),
-           "--configfile", str(root / "test_config.yaml"), "--cores", "1", *args]
-    return cmd, env
 
 
 @dataclass
@@ -72,7 +44,8 @@ class Job:
 
 
 def start(root: Path, *args: str) -> Job:
-    cmd, env = command(root, *args)
+    """Snakemake on ``root`` with the tiny configuration, one core (so one thread per job)."""
+    cmd, env = snakemake_command(root, *TINY_ARGS, *args, cores=1)
     out = root / f"snakemake_{len(list(root.glob('snakemake_*.out')))}.out"
     with out.open("w") as handle:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=handle, stderr=subprocess.STDOUT,
@@ -157,21 +130,19 @@ def kill_during_training(root: Path, job: Job) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """The straight run and the killed-and-resumed run, side by side (one core each)."""
-    base = tmp_path_factory.mktemp("resume")
-    straight, killed = copy_workflow(base / "straight"), copy_workflow(base / "killed")
-    straight_job = start(straight)
-    try:
-        kill_during_training(killed, start(killed))
-        train_dir = killed / "results" / RUN / "train" / "full"
-        after_kill = sorted(p.name for p in train_dir.glob("*")) if train_dir.exists() else []
-        locked = run(killed, check=False)
-        run(killed, "--unlock")
-        resumed = run(killed, "--rerun-incomplete")
-    finally:
-        finish(straight_job)
-    return {"straight": straight, "killed": killed, "locked": locked, "resumed": resumed,
+def runs(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The shared run (never killed) and a copy whose full-model training was killed and resumed."""
+    killed = copy_workflow(tmp_path_factory.mktemp("resume") / "killed", run=tiny_run)
+    for later in ("train/full", "network", "evaluate", "report"):  # what the full model's training feeds
+        shutil.rmtree(killed / "results" / RUN / later)
+    (killed / "logs" / RUN / "train_full.log").unlink()
+    kill_during_training(killed, start(killed))
+    train_dir = killed / "results" / RUN / "train" / "full"
+    after_kill = sorted(p.name for p in train_dir.glob("*")) if train_dir.exists() else []
+    locked = run(killed, check=False)
+    run(killed, "--unlock")
+    resumed = run(killed, "--rerun-incomplete")
+    return {"straight": tiny_run, "killed": killed, "locked": locked, "resumed": resumed,
             "train_outputs_after_kill": after_kill}
 
 

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,12 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-import yaml
 
 from grape.demo import simulate as sim
+from grape.stages import simulate as simulate_stage
 from grape.cli import main as cli_main
 from grape.data.dataset import DatasetOptions, check_dataset, condition_genes, pseudobulk
 from grape.evaluation.de import RANK_KEY, UNS_KEYS, de_key
+from workflow_tools import copy_workflow, snakemake, write_config
 
 TINY = {
     "n_genes": 80,
@@ -38,7 +35,7 @@ _ATTR = re.compile(r'(\S+) "([^"]*)";')
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    sim.run(options=sim.Options(), out_dir=out)
+    simulate_stage.run(options=sim.Options(), out_dir=out)
     return out
 
 
@@ -121,9 +118,9 @@ def _read_h5ad_arrays(path: Path) -> dict[str, np.ndarray]:
 
 def test_same_seed_gives_identical_files(tmp_path: Path) -> None:
     options = sim.Options(seed=7, **TINY)
-    sim.run(options=options, out_dir=tmp_path / "a")
-    sim.run(options=options, out_dir=tmp_path / "b")
-    sim.run(options=sim.Options(seed=8, **TINY), out_dir=tmp_path / "c")
+    simulate_stage.run(options=options, out_dir=tmp_path / "a")
+    simulate_stage.run(options=options, out_dir=tmp_path / "b")
+    simulate_stage.run(options=sim.Options(seed=8, **TINY), out_dir=tmp_path / "c")
     for name in TEXT_FILES:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert (tmp_path / "a" / sim.GTF_FILE).read_bytes() != (tmp_path / "c" / sim.GTF_FILE).read_bytes()
@@ -406,27 +403,20 @@ def test_tiny_config_through_the_cli(tmp_path: Path) -> None:
 
 def test_settings_file_records_the_options(tmp_path: Path) -> None:
     options = sim.Options(seed=4, **TINY)
-    sim.run(options=options, out_dir=tmp_path)
+    simulate_stage.run(options=options, out_dir=tmp_path)
     assert json.loads((tmp_path / sim.SETTINGS_FILE).read_text()) == {**TINY, "seed": 4, "cell_type": "demo_cell"}
 
 
 def _snakemake(root: Path, config: dict, *args: str) -> str:
-    """Snakemake on a copy of the workflow, this interpreter's environment first on PATH; its output."""
-    (root / "test_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"), "--directory", str(root),
-           "--configfile", str(root / "test_config.yaml"), "--cores", "1", *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    """Snakemake on a copy of the workflow with ``config``, one core; its output."""
+    name = write_config(root, config)
+    result = snakemake(root, "--configfile", name, *args, cores=1, timeout=300)
     return result.stdout + result.stderr
 
 
 @pytest.mark.slow
-def test_demo_files_are_keyed_by_the_simulate_settings(tmp_path: Path, repo: Path) -> None:
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(repo / name, tmp_path / name)
-    for name in ("rules", "workflow", "grape", "envs"):
-        shutil.copytree(repo / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+def test_demo_files_are_keyed_by_the_simulate_settings(tmp_path: Path) -> None:
+    copy_workflow(tmp_path)
     first = {"run": "a", "simulate": {**TINY, "seed": 1}}
     second = {"run": "b", "simulate": {**TINY, "seed": 2}}
     _snakemake(tmp_path, first, "--until", "simulate")

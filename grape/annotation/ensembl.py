@@ -1,6 +1,6 @@
 """Ensembl: the files of a pinned release (FTP site) and sequences from the REST API.
 
-Release files (``python -m grape.annotation.ensembl``)
+Release files (``python -m grape ensembl``)
     pyensembl names the files of a release: ``pyensembl.EnsemblRelease(release,
     species, server=...)`` gives the GTF and the cDNA / ncRNA FASTA URLs (its own
     species registry and URL templates, so the file names follow every Ensembl
@@ -32,14 +32,13 @@ Sequences (REST)
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grape.stages import PathArg
-from grape.io.download import ResponseCache, RetryPolicy, batched, fetch, gzip_validator
+from grape.io.download import DownloadOptions, ResponseCache, RetryPolicy, batched, fetch, gzip_validator
+from grape.options import option_field
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +49,24 @@ REST_MAX_BATCH = 50
 
 KINDS = ("gtf", "cdna", "ncrna")
 
-CLI_PATHS: dict[str, PathArg] = {
-    "root": PathArg("cache root; files go to <root>/pyensembl/<assembly>/ensembl<release>/ (pyensembl's layout)"),
-    "file": PathArg("download only this file of the release (its path under --root); all three when omitted",
-                    required=False),
-}
-
 
 @dataclass(frozen=True)
-class Options:
-    """Which release to download and how hard to try (``annotate.ensembl_*`` and ``download`` keys)."""
+class Options(DownloadOptions):
+    """Which release to download and how hard to try (``annotate.ensembl_*`` and ``download`` keys).
 
-    species: str = field(default="homo_sapiens", metadata={"help": "Ensembl species name (pyensembl's registry)"})
-    release: int = field(default=114, metadata={"help": "Ensembl release number"})
-    ensembl_url: str = field(default=ENSEMBL_FTP, metadata={"help": "Ensembl FTP server (https), or a mirror"})
-    retries: int = field(default=5, metadata={"help": "attempts after the first one"})
-    backoff: float = field(default=1.0, metadata={"help": "first retry delay in seconds, doubled each retry"})
-    max_backoff: float = field(default=60.0, metadata={"help": "longest retry delay (also caps Retry-After)"})
-    timeout: float = field(default=60.0, metadata={"help": "seconds to connect and between reads before an attempt fails"})
+    The rule passes the release from its file's path and the species and server from the
+    ``annotate`` section; their defaults and help are the schema's ``annotate.ensembl_species``,
+    ``annotate.ensembl_release`` and ``annotate.ensembl_url``.
+    """
+
+    species: str = option_field("annotate", "ensembl_species")
+    release: int = option_field("annotate", "ensembl_release")
+    ensembl_url: str = option_field("annotate", "ensembl_url")
 
 
-def policy_of(options: Any) -> RetryPolicy:
-    """The retry policy from an Options object with the ``download`` keys."""
-    return RetryPolicy(retries=options.retries, backoff=options.backoff, max_backoff=options.max_backoff,
-                       timeout=options.timeout)
+def policy_of(options: DownloadOptions) -> RetryPolicy:
+    """The retry policy of options with the ``download`` keys."""
+    return options.retry_policy()
 
 
 # --------------------------------------------------------------------------- release files
@@ -137,38 +130,17 @@ def download_release(
     return out
 
 
-def run(*, options: Options, root: Path, file: Path | None = None, session: Any | None = None) -> None:
-    """Download the GTF, cDNA and ncRNA FASTA of the configured release (or only ``file``) under ``root``."""
-    files = release_files(species=options.species, release=options.release, server=options.ensembl_url, root=root)
-    if file is not None:
-        wanted = {k: v for k, v in files.items() if v.path.resolve() == Path(file).resolve()}
-        if not wanted:
-            raise ValueError(
-                f"--file {file} is not a file of {options.species} Ensembl release {options.release} "
-                f"(those are {', '.join(str(v.path) for v in files.values())}); check annotate.ensembl_species"
-            )
-        files = wanted
-    for item in files.values():
-        log.info("%s: %s -> %s", item.kind, item.url, item.path)
-    download_release(files, policy=policy_of(options), session=session)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m grape.annotation.ensembl``: download a release (the workflow's download rule)."""
-    import dataclasses
-
-    from grape.cli import build_stage_parser
-
-    parser, _ = build_stage_parser("ensembl")
-    parser.prog = "grape ensembl"
-    ns = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=ns.pop("log_level").upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ns.pop("threads")
-    names = {f.name for f in dataclasses.fields(Options)}
-    options = Options(**{k: ns.pop(k) for k in list(ns) if k in names})
-    run(options=options, **ns)
-    return 0
+def select_release_file(
+    files: Mapping[str, ReleaseFile], path: str | Path, *, species: str, release: int
+) -> dict[str, ReleaseFile]:
+    """The one file of ``files`` that lives at ``path``; ``ValueError`` naming the release's files otherwise."""
+    wanted = {k: v for k, v in files.items() if v.path.resolve() == Path(path).resolve()}
+    if not wanted:
+        raise ValueError(
+            f"--file {path} is not a file of {species} Ensembl release {release} "
+            f"(those are {', '.join(str(v.path) for v in files.values())}); check annotate.ensembl_species"
+        )
+    return wanted
 
 
 # --------------------------------------------------------------------------- REST sequences
@@ -277,7 +249,3 @@ def _parse_sequences(value: Any) -> list[dict[str, str]]:
             raise ValueError(f"sequence of {item.get('id') or item.get('query')} has letters other than ACGTN")
         out.append({"id": str(item.get("id", "")), "query": str(item.get("query", item.get("id", ""))), "seq": seq})
     return out
-
-
-if __name__ == "__main__":
-    sys.exit(main())

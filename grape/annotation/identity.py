@@ -30,18 +30,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from grape.options import default
+
 #: Default pattern of measured features that are not genes (matched case-insensitively, whole
 #: name, only for features that no annotation knows): guides (``EGR1_g1``, ``sg-EGR1``), guide
 #: pairs (``DOT1L_g1:EP300_g2``), Cas proteins (``Cas9``, ``dCas9-KRAB``, ``Cas13d``),
 #: non-targeting controls and vector elements (fluorescent proteins, resistance genes, WPRE).
-NON_GENE_PATTERN = (
-    r"(d?cas(9|12[a-z]?|13[a-z]?)([-_].*)?"
-    r"|.+:.+"
-    r"|.+_g\d+|.+_sg(rna)?\d*|(sg|g)rna[-_].+|sg[-_].+"
-    r"|non-?targeting.*|ntc?([-_]\d+)?|safe[-_]?harbou?r.*"
-    r"|e?[gbcy]fp|mcherry|tdtomato|zsgreen|puro(r)?|pac|neo(r)?|blast(r|icidin)?|bsd|hygro(r)?|wpre"
-    r"|krab|vp64|p65|rta|dcas9.*)"
-)
+NON_GENE_PATTERN: str = default("dataset", "non_gene_pattern")  # the schema's default
 
 EXCLUDED = "excluded"
 KEPT_AS_UNKNOWN = ("unmapped", "ambiguous", "duplicate")

@@ -13,14 +13,14 @@ negative) and the control row may be absent: it is then taken as zero.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
-from grape.annotation.identity import NON_GENE_PATTERN
+from grape.options import options_class
 
 log = logging.getLogger(__name__)
 
@@ -30,37 +30,9 @@ class DatasetError(ValueError):
 
 
 @dataclass(frozen=True)
-class DatasetOptions:
-    """How to read conditions out of the dataset (config section ``dataset``)."""
-
-    condition_key: str = field(default="condition", metadata={"help": "obs column holding the condition"})
-    control: str = field(default="ctrl", metadata={"help": "label of control cells in the condition column"})
-    separator: str = field(default="+", metadata={"help": "separator of the genes of a condition (A+B)"})
-    cell_type_key: str = field(default="cell_type", metadata={"help": "obs column holding the cell type"})
-    gene_name_key: str = field(
-        default="gene_name", metadata={"help": "var column with gene symbols (var_names used when absent)"}
-    )
-    level: str = field(
-        default="cells", metadata={"help": "cells: one row per cell; pseudobulk: one row per condition"}
-    )
-    relative: bool = field(
-        default=False,
-        metadata={"help": "X holds the change from control (pseudobulk only); the control row may be absent"},
-    )
-    normalize: str = field(
-        default="auto",
-        metadata={"help": "auto: raw counts are normalised to 1e4 per row and log1p-transformed; none: X as it is"},
-    )
-    context_key: str | None = field(
-        default=None, metadata={"help": "obs column of the cell state (null: cell_type_key); absent: one context"}
-    )
-    non_gene_pattern: str = field(
-        default=NON_GENE_PATTERN,
-        metadata={"help": "regex of measured features that are not genes (guides, Cas9/Cas13, vector elements)"},
-    )
-    non_gene_features: list[str] = field(
-        default_factory=list, metadata={"help": "measured features that are not genes, by name"}
-    )
+class DatasetOptions(options_class("dataset")):
+    """How to read conditions out of the dataset (config section ``dataset``; its keys that choose
+    the input file, :data:`grape.config.WORKFLOW_KEYS`, are the workflow's)."""
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:

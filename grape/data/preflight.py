@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import logging
 import sys
 import time
@@ -37,12 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import anndata as ad
-import numpy as np
 import pandas as pd
 import yaml
 
-from grape.io.files import write_text_atomic
-from grape.stages import PathArg
 from grape.config import ConfigError, validate_config
 from grape.data.dataset import (
     DatasetError,
@@ -57,14 +53,6 @@ from grape.annotation.identity import is_non_gene, non_gene_matcher
 from grape.data.normalize import plan_normalization
 
 log = logging.getLogger(__name__)
-
-CLI_PATHS = {
-    "dataset": PathArg("the run's h5ad (GEARS contract)"),
-    "table": PathArg("split table given by the user (split.kind table): condition, split[, subgroup]",
-                     required=False),
-    "config": PathArg("the whole configuration as JSON or YAML ('-': JSON on stdin), validated against the schema"),
-    "out": PathArg("output JSON: what the dataset holds and what the run will do with it"),
-}
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -324,7 +312,8 @@ def inspect(dataset: Path, *, config: Mapping[str, Any], table: Path | None = No
     return report
 
 
-def _log_report(report: Mapping[str, Any]) -> None:
+def log_report(report: Mapping[str, Any]) -> None:
+    """Log the report of :func:`inspect` (one line per part)."""
     c = report["conditions"]
     ctx = report["contexts"]
     log.info("%s: %d rows x %d features (level %s), %d control rows labelled %r", report["dataset"],
@@ -342,17 +331,3 @@ def _log_report(report: Mapping[str, Any]) -> None:
     if report["split"]["counts"] is not None:
         log.info("split table %s: %s", report["split"]["table"], report["split"]["counts"])
     log.info("preflight passed in %.2f s", report["seconds"])
-
-
-def run(*, options: Options, dataset: Path, config: Path, out: Path, table: Path | None = None) -> None:
-    """Check the run's inputs; write the report as JSON."""
-    del options  # no options of its own: everything comes from --config
-    report = inspect(dataset, config=read_config(config), table=table)
-    _log_report(report)
-    write_text_atomic(out, json.dumps(report, indent=2, sort_keys=True, default=_plain) + "\n")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)

@@ -32,24 +32,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 
-from grape.io.files import atomic_path
-from grape.stages import PathArg
-from grape.data.dataset import DatasetOptions, condition_genes, read_dataset
+from grape.data.dataset import DatasetOptions, condition_genes
+from grape.options import options_class
 
 log = logging.getLogger(__name__)
-
-CLI_PATHS = {
-    "dataset": PathArg("single-cell h5ad (GEARS contract)"),
-    "table": PathArg("split table given by the user (split.kind table): condition, split[, subgroup]",
-                     required=False),
-    "out": PathArg("output TSV: condition, split (train/val/test), subgroup"),
-}
 
 SPLIT_COLUMNS = ["condition", "split", "subgroup"]
 KINDS = ("simulation", "table", "logo")
@@ -228,20 +221,10 @@ def _check_cover(table: pd.DataFrame, conditions: Sequence[str], path: str | Pat
         )
 
 
+# Bases listed last section first: a dataclass's fields follow the reversed MRO (dataset, then split).
 @dataclass(frozen=True)
-class Options(DatasetOptions):
-    """Options of the split stage (config sections ``dataset`` and ``split``)."""
-
-    kind: str = field(default="simulation", metadata={"help": "simulation (GEARS), table (split.table) or logo"})
-    seed: int = field(default=1, metadata={"help": "seed of the split"})
-    train_gene_fraction: float = field(default=0.75, metadata={"help": "fraction of singly perturbed genes seen in training"})
-    seen2_train_fraction: float = field(
-        default=0.75, metadata={"help": "fraction of doubles with both genes seen that go to training"}
-    )
-    fold: int = field(default=0, metadata={"help": "logo: index of the held-out gene among the sorted perturbed genes"})
-    val_gene_fraction: float = field(
-        default=0.15, metadata={"help": "logo: fraction of the other perturbed genes whose conditions validate"}
-    )
+class Options(options_class("split"), DatasetOptions):
+    """Options of the split stage (config sections ``dataset`` and ``split``; ``split.table`` is the workflow's)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -277,12 +260,10 @@ def make_split(conditions: Sequence[str], *, options: Options, table: Path | Non
                             seen2_train_fraction=options.seen2_train_fraction)
 
 
-def run(*, options: Options, dataset: Path, out: Path, table: Path | None = None) -> None:
-    """Split the dataset's conditions and write the table."""
-    adata = read_dataset(dataset, options=options)
+def split_dataset(adata: ad.AnnData, *, options: Options, table: Path | None = None) -> pd.DataFrame:
+    """The split of the dataset's conditions (control excluded) that ``options.kind`` asks for."""
     labels = adata.obs[options.condition_key].astype(str).unique()
     conditions = sorted(c for c in labels if c != options.control)
     result = make_split(conditions, options=options, table=table)
     log.info("%s split: %s", options.kind, result.groupby(["split", "subgroup"]).size().to_dict())
-    with atomic_path(out) as tmp:
-        result.to_csv(tmp, sep="\t", index=False)
+    return result

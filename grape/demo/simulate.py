@@ -12,31 +12,26 @@ every channel; it is not evidence of scientific value.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from grape.io.files import atomic_path, write_text_atomic
-from grape.stages import PathArg
 from grape.data.dataset import DatasetOptions
 from grape.evaluation.de import add_de_rankings, de_key
+from grape.options import options_class
 
 log = logging.getLogger(__name__)
-
-CLI_PATHS: dict[str, PathArg] = {"out_dir": PathArg("directory for the demo organism and experiment")}
 
 REFERENCE_NAME = "DEMO1"
 CONTIGS: tuple[str, ...] = ("1", "2", "3", "4", "5")
 CONTROL = "ctrl"
 
-# File names written by :func:`write_demo`.
+# File names of the demo directory (the simulate stage writes them).
 GTF_FILE = "genome.gtf"
 CDNA_FILE = "cdna.fa"
 NCRNA_FILE = "ncrna.fa"
@@ -223,19 +218,8 @@ def n_stress_genes(n_genes: int) -> int:
 
 
 @dataclass(frozen=True)
-class Options:
+class Options(options_class("simulate")):
     """Size and seed of the demo (config section ``simulate``)."""
-
-    seed: int = field(default=0, metadata={"help": "seed of numpy.random.default_rng; same seed, same files"})
-    n_genes: int = field(default=300, metadata={"help": "number of genes of the demo organism"})
-    n_modules: int = field(
-        default=6, metadata={"help": f"number of co-regulated gene modules (1..{len(THEMES)}), one theme each"}
-    )
-    n_singles: int = field(default=48, metadata={"help": "number of single-gene knockdown conditions"})
-    n_doubles: int = field(default=24, metadata={"help": "number of two-gene knockdown conditions"})
-    cells_per_condition: int = field(default=50, metadata={"help": "cells per perturbation condition (+-10%)"})
-    control_cells: int = field(default=300, metadata={"help": "number of control (non-targeting) cells"})
-    cell_type: str = field(default="demo_cell", metadata={"help": "cell type written to obs['cell_type']"})
 
     def __post_init__(self) -> None:
         validate_options(self)
@@ -950,43 +934,3 @@ def _make_adata(
     add_de_rankings(adata, options=DatasetOptions())
     adata.uns["demo_seed"] = int(options.seed)
     return adata
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-def _tsv(frame: pd.DataFrame) -> str:
-    """``frame`` as tab-separated text with a header, no index."""
-    return frame.to_csv(sep="\t", index=False, lineterminator="\n")
-
-
-def write_demo(demo: Demo, *, out_dir: Path) -> None:
-    """Write every file of :data:`OUTPUT_FILES` into ``out_dir``, each atomically."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / GTF_FILE, demo.gtf)
-    write_text_atomic(out_dir / CDNA_FILE, demo.cdna_fasta)
-    write_text_atomic(out_dir / NCRNA_FILE, demo.ncrna_fasta)
-    write_text_atomic(out_dir / DESCRIPTIONS_FILE, _tsv(demo.descriptions))
-    genes_table = demo.truth_genes[
-        ["gene_id", "gene_name", "biotype", "module", "motif_copies", "is_regulator", "knockdown"]
-    ]
-    write_text_atomic(out_dir / TRUTH_GENES_FILE, _tsv(genes_table))
-    write_text_atomic(out_dir / TRUTH_NETWORK_FILE, _tsv(demo.truth_network))
-    write_text_atomic(out_dir / TRUTH_CONDITIONS_FILE, _tsv(demo.truth_conditions))
-    write_text_atomic(out_dir / TRUTH_MODULES_FILE, _tsv(demo.truth_modules))
-    with atomic_path(out_dir / H5AD_FILE) as tmp:
-        demo.adata.write_h5ad(tmp, compression="gzip")
-    write_text_atomic(out_dir / SETTINGS_FILE, json.dumps(asdict(demo.options), indent=2, sort_keys=True) + "\n")
-    log.info(
-        "demo written to %s: %d genes, %d conditions, %d cells",
-        out_dir,
-        len(demo.genes),
-        len(demo.truth_conditions),
-        demo.adata.n_obs,
-    )
-
-
-def run(*, options: Options, out_dir: Path) -> None:
-    """Simulate the demo from ``options`` and write it into ``out_dir``."""
-    write_demo(simulate(options), out_dir=Path(out_dir))

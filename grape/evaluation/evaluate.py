@@ -36,24 +36,24 @@ within the context), and the baselines are fitted per context on that context's
 fitting rows. ``metrics.tsv`` has a ``context`` column: ``all`` pools every row, and with
 several contexts each context has its rows (overall and per subgroup) as well.
 
-Outputs: ``metrics.tsv`` (model x context x subgroup x metric), ``per_condition.tsv`` (model x
-condition x context, every metric), ``metrics.json`` (the summary: package version, test
-conditions, overall and per-subgroup means, the metric registry, baseline notes, the
-run's configuration, and the provenance of the data and of each model: paths and
-sha256 of the dataset, the split and each variant's predictions and weights, and
-the content of its ``model.yaml``), and ``test_predictions.h5ad`` (one row per test
-(context, condition), obs ``condition``, ``context``, ``subgroup``; observed means in ``X``,
-each model's predictions in ``layers[model]``, the control mean in ``var['control_mean']``
+:func:`prepare` readies a dataset, :func:`evaluate_all` scores the models' predictions
+(:func:`prediction_frame`) and the baselines; the evaluate stage writes the results:
+``metrics.tsv`` (model x context x subgroup x metric, :func:`summarize`), ``per_condition.tsv``
+(model x condition x context, every metric), ``metrics.json`` (:func:`summary_record`: package
+version, test conditions, overall and per-subgroup means, the metric registry, baseline
+notes, the run's configuration, and the provenance of the data and of each model: paths
+and sha256 of the dataset, the split and each variant's predictions and weights, and the
+content of its ``model.yaml``), and ``test_predictions.h5ad`` (``Evaluation.table``: one row
+per test (context, condition), obs ``condition``, ``context``, ``subgroup``; observed means in
+``X``, each model's predictions in ``layers[model]``, the control mean in ``var['control_mean']``
 with one context and each row's own in ``layers['control']`` with several, the first
 ranked DE genes in ``obsm['de_ranked']``) for the report's plots.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +61,9 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import yaml
 
 from grape import __version__
-from grape.io.files import atomic_path, sha256_file, write_text_atomic
 from grape.evaluation.baselines import BASELINES, FIT_SPLITS, check_fit_splits, fit_predict
-from grape.stages import PathArg
 from grape.data.dataset import (
     POOLED,
     DatasetOptions,
@@ -74,47 +71,22 @@ from grape.data.dataset import (
     context_column,
     context_parts,
     gene_symbols,
-    read_dataset,
     row_names,
 )
 from grape.evaluation.de import RANK_KEY, TOP_NON_DROPOUT_KEY, UNS_KEYS, add_de_rankings, de_key, gears_gene_sets
 from grape.annotation.identity import GeneIdentity
 from grape.evaluation.metrics import DIRECTION_TOP, METRICS, Panel, registry_table, score
-from grape.data.split import read_split
+from grape.options import options_class
 
 log = logging.getLogger(__name__)
-
-CLI_PATHS = {
-    "dataset": PathArg("single-cell h5ad (GEARS contract)"),
-    "predictions": PathArg(
-        "predictions.h5ad of each model variant from `grape train` (.../train/<variant>/predictions.h5ad)", many=True
-    ),
-    "split": PathArg("split.tsv from `grape split`"),
-    "mapping": PathArg("mapping.tsv from `grape annotate` (aliases, excluded features)", required=False),
-    "run_config": PathArg("the run's resolved configuration, YAML or JSON, recorded in metrics.json "
-                          "('-' reads it from standard input)", required=False),
-    "out_dir": PathArg("output directory: metrics.tsv, per_condition.tsv, metrics.json, test_predictions.h5ad, "
-                       "cell_eval_pred.h5ad and cell_eval_real.h5ad (cell-eval run's input)"),
-}
 
 N_RANKED_KEPT = max(DIRECTION_TOP)  # ranked DE genes kept per condition (the metrics read at most 200)
 
 
+# Bases listed last section first: a dataclass's fields follow the reversed MRO (dataset, then evaluate).
 @dataclass(frozen=True)
-class Options(DatasetOptions):
+class Options(options_class("evaluate"), DatasetOptions):
     """Options of the evaluate stage (config sections ``dataset`` and ``evaluate``)."""
-
-    n_de: int = field(default=20, metadata={"help": "number of top DE genes for the *_de metrics (GEARS: 20)"})
-    baselines: list[str] = field(
-        default_factory=lambda: list(BASELINES),
-        metadata={"help": f"baselines fitted on the same split and scored beside the model ({', '.join(BASELINES)})"},
-    )
-    baseline_splits: list[str] = field(
-        default_factory=lambda: list(FIT_SPLITS),
-        metadata={"help": "split labels whose conditions the baselines are fitted on (train, val; never test)"},
-    )
-    linear_pca_dim: int = field(default=10, metadata={"help": "linear baseline: principal components of the gene embedding"})
-    linear_ridge: float = field(default=0.1, metadata={"help": "linear baseline: ridge penalty"})
 
 
 # --------------------------------------------------------------------------- data
@@ -246,29 +218,24 @@ def model_name(predictions: Path) -> str:
     return "grape"
 
 
-def read_predictions(paths: list[Path], genes: list[str], conditions: list[str], *, dataset: Path) -> dict[str, pd.DataFrame]:
-    """Each variant's predicted means, indexed by row name (:func:`grape.data.dataset.row_names` of the
-    obs ``condition`` and ``context`` columns; the obs names of a file without them), checked
-    against the dataset's (kept) genes and the test rows ``conditions`` (row names)."""
-    models: dict[str, pd.DataFrame] = {}
-    for path in paths:
-        pred = ad.read_h5ad(path)
-        if pred.var_names.astype(str).tolist() != genes:
-            raise ValueError(f"{path}: genes differ from {dataset}")
-        name = model_name(path)
-        if name in models:
-            raise ValueError(f"two predictions files for model {name!r}: {path}")
-        if {"condition", "context"} <= set(pred.obs.columns):
-            index = row_names(pred.obs["condition"].astype(str).tolist(), pred.obs["context"].astype(str).tolist())
-        else:
-            index = pred.obs_names.astype(str).tolist()
-        frame = pd.DataFrame(np.asarray(pred.X.toarray() if sp.issparse(pred.X) else pred.X, dtype=np.float64),
-                             index=pd.Index(index), columns=genes)
-        missing = [c for c in conditions if c not in frame.index]
-        if missing:
-            raise ValueError(f"{path}: no prediction for test condition(s) {', '.join(missing[:5])}")
-        models[name] = frame
-    return models
+def prediction_frame(pred: ad.AnnData, genes: list[str], rows: list[str], *, where: str) -> pd.DataFrame:
+    """A variant's predicted means (float64), indexed by row name (:func:`grape.data.dataset.row_names` of
+    the obs ``condition`` and ``context`` columns; the obs names of a table without them), checked
+    against the dataset's (kept) ``genes`` and the test ``rows`` (row names); ``where`` (the file) names
+    it in errors."""
+    if pred.var_names.astype(str).tolist() != genes:
+        raise ValueError(f"{where}: genes differ from the dataset's ({pred.n_vars} genes, the dataset "
+                         f"{len(genes)} after excluding non-gene features)")
+    if {"condition", "context"} <= set(pred.obs.columns):
+        index = row_names(pred.obs["condition"].astype(str).tolist(), pred.obs["context"].astype(str).tolist())
+    else:
+        index = pred.obs_names.astype(str).tolist()
+    frame = pd.DataFrame(np.asarray(pred.X.toarray() if sp.issparse(pred.X) else pred.X, dtype=np.float64),
+                         index=pd.Index(index), columns=genes)
+    missing = [c for c in rows if c not in frame.index]
+    if missing:
+        raise ValueError(f"{where}: no prediction for test condition(s) {', '.join(missing[:5])}")
+    return frame
 
 
 # --------------------------------------------------------------------------- scoring
@@ -339,34 +306,7 @@ def summarize(per_condition: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-# --------------------------------------------------------------------------- provenance
-
-
-def _file_record(path: Path) -> dict[str, Any]:
-    path = Path(path)
-    return {"path": str(path), "sha256": sha256_file(path) if path.exists() else None}
-
-
-def model_provenance(predictions: Path) -> dict[str, Any]:
-    """Paths and checksums of a variant's predictions and weights, and its model.yaml content."""
-    folder = Path(predictions).parent
-    record: dict[str, Any] = {"predictions": _file_record(Path(predictions))}
-    weights = folder / "model.safetensors"
-    record["weights"] = _file_record(weights) if weights.exists() else None
-    model_yaml = folder / "model.yaml"
-    record["model_yaml"] = yaml.safe_load(model_yaml.read_text()) if model_yaml.exists() else None
-    return record
-
-
-def read_run_config(path: Path | None) -> Any:
-    """The run's configuration (``-``: standard input), or None."""
-    if path is None:
-        return None
-    text = sys.stdin.read() if str(path) == "-" else Path(path).read_text()
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ValueError(f"run configuration {path}: not YAML or JSON ({err})") from err
+# --------------------------------------------------------------------------- results
 
 
 def _json_value(x: Any) -> Any:
@@ -375,7 +315,7 @@ def _json_value(x: Any) -> Any:
     return round(float(x), 6) if isinstance(x, (float, np.floating)) else x
 
 
-# --------------------------------------------------------------------------- stage
+# --------------------------------------------------------------------------- contexts
 
 
 def _context_parts(adata: ad.AnnData, *, options: DatasetOptions) -> dict[str, ad.AnnData]:
@@ -413,48 +353,81 @@ def _merge_notes(notes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def run(
-    *,
-    options: Options,
-    dataset: Path,
-    predictions: list[Path],
-    split: Path,
-    out_dir: Path,
-    run_config: Path | None = None,
-    mapping: Path | None = None,
-) -> None:
-    """Evaluate; write metrics.tsv, per_condition.tsv, metrics.json and test_predictions.h5ad.
-
-    ``mapping``: ``annotate/mapping.tsv`` (the workflow always passes it); without it no
-    feature is excluded and perturbed labels are matched to measured genes by name only.
-    """
+def check_options(options: Options) -> None:
+    """Refuse unknown baselines and baselines fitted on test conditions (before any file is read)."""
     unknown = [b for b in options.baselines if b not in BASELINES]
     if unknown:
-        raise ValueError(f"evaluate.baselines: unknown baseline(s) {', '.join(unknown)} (known: {', '.join(BASELINES)})")
-    config = read_run_config(run_config)
+        raise ValueError(f"evaluate.baselines: unknown baseline(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(BASELINES)})")
     check_fit_splits(options.baseline_splits)
-    predictions = [Path(predictions)] if isinstance(predictions, (str, Path)) else [Path(p) for p in predictions]
-    identity = GeneIdentity.read(mapping) if mapping is not None else None
-    adata = read_dataset(dataset, options=options)
-    excluded = set(identity.excluded) if identity is not None else set()
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """The dataset prepared for scoring (:func:`prepare`)."""
+
+    adata: ad.AnnData  # the dataset without the excluded (non-gene) features
+    identity: GeneIdentity | None
+    excluded: frozenset[str]  # measured features dropped as non-genes
+    parts: dict[str, ad.AnnData]  # the dataset of each context (cell state)
+    stats: dict[str, tuple[pd.DataFrame, pd.DataFrame]]  # each context's condition means and standard deviations
+    control: str
+
+    @property
+    def genes(self) -> list[str]:
+        """The kept genes (``var_names``), the columns every prediction must have."""
+        return self.adata.var_names.astype(str).tolist()
+
+    @property
+    def conditions(self) -> list[str]:
+        """The perturbed conditions of every context (sorted; the control left out): what the split covers."""
+        return sorted({c for means, _ in self.stats.values() for c in means.index if c != self.control})
+
+    def test_rows(self, split: pd.DataFrame) -> list[tuple[str, str]]:
+        """The (context, condition) rows scored: each context's test conditions of ``split``."""
+        test = split.loc[split["split"] == "test", "condition"].astype(str).tolist()
+        if not test:
+            raise ValueError("the split has no test condition")
+        return [(k, c) for k in self.parts for c in test if c in self.stats[k][0].index]
+
+
+def prepare(adata: ad.AnnData, *, options: Options, identity: GeneIdentity | None = None) -> EvaluationData:
+    """Drop the features ``identity`` excludes as non-genes, split the contexts and take each one's
+    condition means (:func:`condition_stats`)."""
+    excluded = frozenset(identity.excluded) if identity is not None else frozenset()
     if excluded:
         keep = ~adata.var_names.astype(str).isin(list(excluded))
         log.info("%d measured features excluded as non-genes (no metric genes)", int((~keep).sum()))
         adata = adata[:, keep].copy()
     parts = _context_parts(adata, options=options)
-    contexts = list(parts)
     stats = {name: condition_stats(part, options=options) for name, part in parts.items()}
-    labels = sorted({c for means, _ in stats.values() for c in means.index if c != options.control})
-    split_table = read_split(split, labels)
-    test = split_table.loc[split_table["split"] == "test"]
-    test_conds = test["condition"].astype(str).tolist()
-    if not test_conds:
-        raise ValueError("the split has no test condition")
-    rows = [(k, c) for k in contexts for c in test_conds if c in stats[k][0].index]
-    row_ids = row_names([c for _, c in rows], [k for k, _ in rows])
-    genes = adata.var_names.astype(str).tolist()
-    models = read_predictions(predictions, genes, row_ids, dataset=Path(dataset))
-    index = gene_index(adata, options=options, identity=identity)
+    return EvaluationData(adata=adata, identity=identity, excluded=excluded, parts=parts, stats=stats,
+                          control=options.control)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The scores of every model on the test rows, and the table of their predictions."""
+
+    per_condition: pd.DataFrame  # model x (context, condition), every metric
+    summary: pd.DataFrame  # model x context x subgroup x metric (:func:`summarize`)
+    baselines: dict[str, dict[str, Any]]  # each baseline's notes
+    table: ad.AnnData  # the test rows: observed means in X, each model's in layers (see the module doc)
+    models: list[str]
+    contexts: list[str]
+    rows: list[tuple[str, str]]  # (context, condition)
+    test: pd.DataFrame  # the split's test conditions
+
+
+def evaluate_all(data: EvaluationData, split: pd.DataFrame, models: dict[str, pd.DataFrame], *,
+                 options: Options) -> Evaluation:
+    """Fit the baselines per context and score them and the ``models`` (predicted means by row name,
+    :func:`prediction_frame`) on the test rows of every context."""
+    contexts = list(data.parts)
+    test = split.loc[split["split"] == "test"]
+    rows = data.test_rows(split)
+    genes = data.genes
+    index = gene_index(data.adata, options=options, identity=data.identity)
 
     def genes_of(cond: str) -> tuple[str, ...]:
         return condition_genes(cond, options=options)
@@ -463,13 +436,13 @@ def run(
     table_x, table_layers, table_control, table_ranked, table_rows, model_names = [], {}, [], [], [], []
     n_keep = min(N_RANKED_KEPT, len(genes))
     for name in contexts:
-        means, stds = stats[name]
+        means, stds = data.stats[name]
         conds = [c for k, c in rows if k == name]
         if not conds:
             log.info("context %s has no test condition", name)
             continue
-        split_k = split_table.loc[split_table["condition"].isin(means.index)]
-        ranked, top = de_genes(parts[name], conds, options=options, excluded=excluded)
+        split_k = split.loc[split["condition"].isin(means.index)]
+        ranked, top = de_genes(data.parts[name], conds, options=options, excluded=data.excluded)
         targets = {c: np.array(sorted({index[g] for g in genes_of(c) if g in index}), dtype=np.int64) for c in conds}
         try:
             baselines = fit_predict(options.baselines, means, split_k, control=options.control, genes_of=genes_of,
@@ -503,53 +476,13 @@ def run(
         table_ranked.append(block)
         table_rows += [(name, c) for c in conds]
     per_condition = pd.concat(frames, ignore_index=True)
-    summary = summarize(per_condition)
-    baseline_notes = {base: _merge_notes(by_ctx) for base, by_ctx in notes.items()}
-
-    out_dir = Path(out_dir)
-    with atomic_path(out_dir / "per_condition.tsv") as tmp:
-        per_condition.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    with atomic_path(out_dir / "metrics.tsv") as tmp:
-        summary.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-
-    by_group: dict[str, dict[str, dict[str, Any]]] = {}
-    by_context: dict[str, dict[str, dict[str, Any]]] = {}
-    for row in summary.itertuples(index=False):
-        if row.context == POOLED:
-            by_group.setdefault(row.model, {}).setdefault(row.subgroup, {})[row.metric] = _json_value(row.value)
-        elif row.subgroup == "all":
-            by_context.setdefault(row.model, {}).setdefault(row.context, {})[row.metric] = _json_value(row.value)
-    registry = registry_table().set_index("metric")
-    write_text_atomic(out_dir / "metrics.json", json.dumps({
-        "grape_version": __version__,
-        "n_test_conditions": len(test_conds),
-        "test_conditions": {str(k): int(v) for k, v in test.groupby("subgroup").size().items()},
-        "contexts": contexts,
-        "n_test_rows": {name: sum(1 for k, _ in rows if k == name) for name in contexts},
-        "excluded_features": sorted(excluded),
-        "models": model_names,
-        "metrics": {m: groups["all"] for m, groups in by_group.items()},
-        "by_subgroup": {m: {g: v for g, v in groups.items() if g != "all"} for m, groups in by_group.items()},
-        "by_context": by_context,
-        "registry": {name: {"best": r.best, "higher_is_better": bool(r.higher_is_better), "source": r.source,
-                            "description": r.description} for name, r in registry.iterrows()},
-        "baselines": baseline_notes,
-        "options": {k: getattr(options, k) for k in options.__dataclass_fields__},
-        "config": config,
-        "provenance": {
-            "dataset": _file_record(Path(dataset)),
-            "split": _file_record(Path(split)),
-            "mapping": _file_record(Path(mapping)) if mapping is not None else None,
-            "models": {model_name(p): model_provenance(p) for p in predictions},
-        },
-    }, indent=2, default=str))
 
     # observed and predicted means of the test rows, for the report's plots
     subgroup_of = test.set_index("condition")["subgroup"].astype(str)
-    var = pd.DataFrame({"gene_name": gene_symbols(adata, options=options)}, index=pd.Index(genes))
-    if identity is not None:  # the resolved symbol and Ensembl id beside the dataset's own label
-        var["symbol"] = [identity.symbol_of(str(g)) for g in var["gene_name"]]
-        var["gene_id"] = [identity.gene_id_of(str(g)) for g in var["gene_name"]]
+    var = pd.DataFrame({"gene_name": gene_symbols(data.adata, options=options)}, index=pd.Index(genes))
+    if data.identity is not None:  # the resolved symbol and Ensembl id beside the dataset's own label
+        var["symbol"] = [data.identity.symbol_of(str(g)) for g in var["gene_name"]]
+        var["gene_id"] = [data.identity.gene_id_of(str(g)) for g in var["gene_name"]]
     if len(contexts) == 1:
         var["control_mean"] = table_control[0][0].astype(np.float64) if table_control else np.nan
     obs = pd.DataFrame({"condition": [c for _, c in table_rows], "context": [k for k, _ in table_rows],
@@ -564,21 +497,54 @@ def run(
                        obsm={"de_ranked": np.concatenate(table_ranked)})
     table.uns["models"] = model_names
     table.uns["contexts"] = contexts
-    with atomic_path(out_dir / "test_predictions.h5ad") as tmp:
-        table.write_h5ad(tmp)
-    write_cell_eval_files(adata, table, conditions=test_conds, options=options, contexts=contexts, out_dir=out_dir)
+    return Evaluation(per_condition=per_condition, summary=summarize(per_condition),
+                      baselines={base: _merge_notes(by_ctx) for base, by_ctx in notes.items()}, table=table,
+                      models=model_names, contexts=contexts, rows=rows, test=test)
 
 
-def write_cell_eval_files(adata: ad.AnnData, table: ad.AnnData, *, conditions: list[str], options: Options,
-                          contexts: list[str], out_dir: Path) -> None:
-    """The full model's test predictions in the format of Arc's ``cell-eval run`` (:mod:`grape.evaluation.celleval`):
-    ``cell_eval_pred.h5ad`` and ``cell_eval_real.h5ad``. Not for changes from control (``dataset.relative``),
-    which cell-eval cannot read."""
-    from grape.evaluation.celleval import table_predictions, write_cell_eval
+def summary_record(result: Evaluation, *, options: Options, excluded: frozenset[str] | set[str] = frozenset(),
+                   config: Any = None, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The content of ``metrics.json`` (see the module doc); ``config`` is the run's configuration and
+    ``provenance`` the paths and checksums of the inputs, both recorded as given."""
+    by_group: dict[str, dict[str, dict[str, Any]]] = {}
+    by_context: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in result.summary.itertuples(index=False):
+        if row.context == POOLED:
+            by_group.setdefault(row.model, {}).setdefault(row.subgroup, {})[row.metric] = _json_value(row.value)
+        elif row.subgroup == "all":
+            by_context.setdefault(row.model, {}).setdefault(row.context, {})[row.metric] = _json_value(row.value)
+    registry = registry_table().set_index("metric")
+    return {
+        "grape_version": __version__,
+        "n_test_conditions": len(result.test),
+        "test_conditions": {str(k): int(v) for k, v in result.test.groupby("subgroup").size().items()},
+        "contexts": result.contexts,
+        "n_test_rows": {name: sum(1 for k, _ in result.rows if k == name) for name in result.contexts},
+        "excluded_features": sorted(excluded),
+        "models": result.models,
+        "metrics": {m: groups["all"] for m, groups in by_group.items()},
+        "by_subgroup": {m: {g: v for g, v in groups.items() if g != "all"} for m, groups in by_group.items()},
+        "by_context": by_context,
+        "registry": {name: {"best": r.best, "higher_is_better": bool(r.higher_is_better), "source": r.source,
+                            "description": r.description} for name, r in registry.iterrows()},
+        "baselines": result.baselines,
+        "options": {k: getattr(options, k) for k in options.__dataclass_fields__},
+        "config": config,
+        "provenance": provenance,
+    }
+
+
+def cell_eval_tables(data: EvaluationData, result: Evaluation, *, options: Options
+                     ) -> tuple[ad.AnnData, ad.AnnData] | None:
+    """The full model's test predictions and the observed cells in the format of Arc's ``cell-eval run``
+    (:func:`grape.evaluation.celleval.cell_eval_pair`): ``(pred, real)``. None for changes from control
+    (``dataset.relative``), which cell-eval cannot read."""
+    from grape.evaluation.celleval import cell_eval_pair, table_predictions
 
     if options.relative:
         log.info("no cell-eval files: dataset.relative holds changes from control, cell-eval needs expression")
-        return
-    write_cell_eval(adata, table_predictions(table, model="grape"), conditions=conditions, options=options,
-                    model="grape", out_pred=out_dir / "cell_eval_pred.h5ad", out_real=out_dir / "cell_eval_real.h5ad",
-                    context_key=context_column(options) if len(contexts) > 1 else None)
+        return None
+    conditions = result.test["condition"].astype(str).tolist()
+    return cell_eval_pair(data.adata, table_predictions(result.table, model="grape"), conditions=conditions,
+                          options=options, model="grape",
+                          context_key=context_column(options) if len(result.contexts) > 1 else None)

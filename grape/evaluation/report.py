@@ -1,6 +1,7 @@
 """The report: a Markdown summary of the test results and the figures of the Snakemake report.
 
-Writes into ``--out-dir``:
+:func:`summarize` writes the Markdown and :func:`figures` draws the plots from the
+evaluation's tables; the report stage writes into ``--out-dir``:
 
 ``summary.md``
     the headline metrics of every model (the model variants and the baselines) on
@@ -25,33 +26,22 @@ Writes into ``--out-dir``:
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
-from grape.io.files import write_text_atomic
-from grape.stages import PathArg
 from grape.evaluation.metrics import HEADLINE, METRICS
+from grape.options import options_class
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
-
-CLI_PATHS = {
-    "metrics": PathArg("metrics.tsv from `grape evaluate`"),
-    "per_condition": PathArg("per_condition.tsv from `grape evaluate`"),
-    "summary": PathArg("metrics.json from `grape evaluate`"),
-    "predictions": PathArg("test_predictions.h5ad from `grape evaluate`"),
-    "history": PathArg("history.tsv of each model variant (.../train/<variant>/history.tsv)", many=True),
-    "networks": PathArg("learned network.tsv of each variant (.../train/<variant>/network.tsv), when exported",
-                        required=False, many=True),
-    "recovery": PathArg("network recovery table (precision at k of learned vs prior graph), when measured",
-                        required=False),
-    "out_dir": PathArg("output directory: summary.md and the plots"),
-}
 
 PLOTS = {
     "pred_vs_obs": "pred_vs_obs.png",
@@ -64,15 +54,8 @@ MAX_DEFAULT_CONDITIONS = 4
 
 
 @dataclass(frozen=True)
-class Options:
+class Options(options_class("report")):
     """Options of the report stage (config section ``report``)."""
-
-    digits: int = field(default=4, metadata={"help": "decimal places in the tables"})
-    plot_conditions: list[str] = field(
-        default_factory=list,
-        metadata={"help": "test conditions drawn in pred_vs_obs.png (empty: the largest change of each subgroup)"},
-    )
-    plot_genes: int = field(default=20, metadata={"help": "top DE genes per condition in pred_vs_obs.png"})
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -341,60 +324,45 @@ def delta_frames(table: ad.AnnData, conditions: list[str], models: list[str], n_
     return frame(np.asarray(table.X)), {m: frame(np.asarray(table.layers[m])) for m in models}
 
 
-# --------------------------------------------------------------------------- stage
+# --------------------------------------------------------------------------- figures
 
 
-def run(
-    *,
-    options: Options,
-    metrics: Path,
-    per_condition: Path,
-    summary: Path,
-    predictions: Path,
-    history: list[Path],
-    out_dir: Path,
-    networks: list[Path] | None = None,
-    recovery: Path | None = None,
-) -> None:
-    """Write summary.md and the plots; log the summary."""
+def network_degrees(networks: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Incoming learned edges per target gene of each variant's network, by node-type pair and by
+    biotype pair (:func:`grape.evaluation.plots.degree_by_pair`)."""
     from grape.evaluation import plots
 
-    out_dir = Path(out_dir)
-    metrics_table = pd.read_csv(metrics, sep="\t")
-    per_condition_table = pd.read_csv(per_condition, sep="\t")
-    evaluation = json.loads(Path(summary).read_text())
-    table = ad.read_h5ad(predictions)
-    history = [history] if isinstance(history, (str, Path)) else history
-    histories = {variant_of(p): pd.read_csv(p, sep="\t") for p in history}
-    conditions = choose_conditions(table, list(options.plot_conditions))
-    networks = [networks] if isinstance(networks, (str, Path)) else (networks or [])
-    degrees = by_biotype = None
-    if networks:
-        tables = {}
-        for path in networks:
-            frame = pd.read_csv(path, sep="\t")
-            plots.network_columns(frame, str(path))  # a clear error naming the file before any plotting
-            tables[variant_of(path)] = frame
-        degrees = plots.degree_by_pair(tables, level="group")
-        by_biotype = plots.degree_by_pair(tables, level="biotype")
-    recovery_table = pd.read_csv(recovery, sep="\t") if recovery else None
+    return plots.degree_by_pair(networks, level="group"), plots.degree_by_pair(networks, level="biotype")
 
+
+def figures(
+    metrics: pd.DataFrame,
+    per_condition: pd.DataFrame,
+    table: ad.AnnData,
+    histories: dict[str, pd.DataFrame],
+    *,
+    options: Options,
+    degrees: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+) -> dict[str, Figure]:
+    """The report's figures, keyed as :data:`PLOTS`: predicted vs observed changes of the chosen test
+    rows of ``table`` (test_predictions.h5ad), the headline metrics, the training curves, and with
+    ``degrees`` (:func:`network_degrees`) the learned network's degrees."""
+    from grape.evaluation import plots
+
+    conditions = choose_conditions(table, list(options.plot_conditions))
     models = [m for m in table.uns.get("models", list(table.layers)) if m == "grape" or not m.startswith("grape_")]
     observed, predicted = delta_frames(table, conditions, models, options.plot_genes)
-    keyed = per_condition_table.assign(condition=row_keys(per_condition_table))
+    keyed = per_condition.assign(condition=row_keys(per_condition))
     scores = (keyed.loc[keyed["condition"].isin(conditions)]
               .pivot(index="model", columns="condition", values="pearson_delta_de"))
     subgroups = dict(zip(table.obs_names.astype(str), table.obs["subgroup"].astype(str)))
-    plots.save(plots.predicted_vs_observed(observed, predicted, subgroups=subgroups,
-                                           scores={m: scores.loc[m].to_dict() for m in models if m in scores.index}),
-               out_dir / PLOTS["pred_vs_obs"])
-    plots.save(plots.metric_bars(metrics_table, [m for m in HEADLINE if m in set(metrics_table["metric"])]),
-               out_dir / PLOTS["metric_bars"])
-    plots.save(plots.training_curves(histories), out_dir / PLOTS["training"])
+    out = {
+        "pred_vs_obs": plots.predicted_vs_observed(
+            observed, predicted, subgroups=subgroups,
+            scores={m: scores.loc[m].to_dict() for m in models if m in scores.index}),
+        "metric_bars": plots.metric_bars(metrics, [m for m in HEADLINE if m in set(metrics["metric"])]),
+        "training": plots.training_curves(histories),
+    }
     if degrees is not None:
-        plots.save(plots.network_degree(degrees, by_biotype), out_dir / PLOTS["network"])
-
-    text = summarize(metrics_table, histories, per_condition=per_condition_table, evaluation=evaluation,
-                     degrees=degrees, recovery=recovery_table, digits=options.digits)
-    write_text_atomic(out_dir / "summary.md", text)
-    log.info("summary:\n%s", text)
+        out["network"] = plots.network_degree(*degrees)
+    return out

@@ -7,82 +7,41 @@ DNA: the k-mer frequency profile of each gene's sequence (offline default; optio
 merged with the reverse complement), or any transformers DNA model over windows of the
 sequence (``grape.features.models``).
 
-Every vector is cached under ``--cache-dir`` keyed by the featuriser's identity and the
+Every vector is cached under a cache directory keyed by the featuriser's identity and the
 sha256 of the text or sequence (``grape.features.cache``): a new gene or an edited
 description computes only itself.
 
-The stage runs in one of three modes, chosen by its file arguments:
-
-* embed (``--sequences``, ``--cache-dir``, ``--text-out``, ``--dna-out``): every gene of
-  the description table, or with ``--genes`` only those of one shard's gene list;
-* plan (``--plan-out FILE...``): split the genes into one gene list per file, balanced by
-  the work they need (the workflow's ``embed.shards``);
-* merge (``--text-parts`` / ``--dna-parts``): join the shards' outputs in the table's order.
+:func:`embed_features` embeds the genes of a description table; :func:`plan_genes` splits
+them into shards balanced by their work and :func:`merge_features` joins the shards'
+features in the table's order (for the embed stage). Feature files are read and written
+by ``grape.features.store``.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch  # noqa: F401  (imported first so that `--threads` applies to it)
 
-from grape.io.files import atomic_path, write_text_atomic
-from grape.stages import PathArg
 from grape.features.cache import ShardedCache, cached_features
-from grape.features.models import PACKAGED_MINILM, TransformerEmbedder
+from grape.features.models import TransformerEmbedder
 from grape.features.models import choose_device as _choose_device
+from grape.options import options_class
+from grape.features.store import Features
 
 log = logging.getLogger(__name__)
 
 KMER = "kmer"
 
-CLI_PATHS = {
-    "descriptions": PathArg("description table from `grape describe` (TSV)"),
-    "sequences": PathArg("gene sequence FASTA from `grape annotate` (embed and plan modes)", required=False),
-    "cache_dir": PathArg("embedding cache directory (under resources/; embed mode)", required=False),
-    "genes": PathArg("gene list of one shard, from --plan-out (embed only these genes)", required=False),
-    "text_out": PathArg("output .npz of text embeddings (genes, vectors, meta)", required=False),
-    "dna_out": PathArg("output .npz of DNA features (genes, vectors, meta)", required=False),
-    "plan_out": PathArg("plan mode: write one shard gene list per file given", required=False, many=True),
-    "text_parts": PathArg("merge mode: the shards' text .npz files", required=False, many=True),
-    "dna_parts": PathArg("merge mode: the shards' DNA .npz files", required=False, many=True),
-}
-
 
 @dataclass(frozen=True)
-class Options:
-    """Options of the embed stage (config section ``embed``)."""
-
-    text_model: str = field(default=PACKAGED_MINILM, metadata={
-        "help": f"transformers model: local directory, Hub id (org/name[@revision]), or {PACKAGED_MINILM!r}"})
-    text_pooling: str = field(default="auto", metadata={
-        "help": "auto (last token for causal models, else mean), cls, mean (over real tokens) or last (real token)"})
-    text_normalize: bool = field(default=True, metadata={"help": "L2-normalise text vectors"})
-    text_max_length: int = field(default=256, metadata={"help": "longest tokenised text; longer texts are cut"})
-    text_batch_size: int = field(default=32, metadata={"help": "texts per forward pass"})
-    text_trust_remote_code: bool = field(default=False, metadata={"help": "allow a text model's own Python code"})
-    dna_model: str = field(default=KMER, metadata={
-        "help": "kmer (k-mer profile), or a transformers DNA model: local directory or Hub id"})
-    dna_pooling: str = field(default="auto", metadata={
-        "help": "auto (last token for causal models, else mean), mean or last; never position 0"})
-    dna_window: int = field(default=1000, metadata={"help": "bases per window of a DNA model"})
-    dna_stride: int = field(default=1000, metadata={"help": "bases between window starts (<= dna_window)"})
-    dna_max_length: int | None = field(default=None, metadata={"help": "most tokens per window (null: the model's context)"})
-    dna_batch_size: int = field(default=16, metadata={"help": "windows per forward pass"})
-    dna_trust_remote_code: bool = field(default=False, metadata={
-        "help": "allow a DNA model's own Python code (HyenaDNA, Caduceus, DNABERT-2 ship theirs)"})
-    kmer_k: int = field(default=4, metadata={"help": "k of the k-mer profile"})
-    kmer_canonical: bool = field(default=True, metadata={"help": "merge each k-mer with its reverse complement"})
-    device: str = field(default="auto", metadata={"help": "torch device: auto (cuda if present, else cpu), cpu, cuda, cuda:1"})
-    dtype: str = field(default="auto", metadata={
-        "help": "auto (bfloat16 or float16 on a GPU, float32 on the CPU), float32, bfloat16, float16"})
+class Options(options_class("embed")):
+    """Options of the embed stage (config section ``embed``; ``shards`` and ``gpus_per_job`` are the workflow's)."""
 
 
 def choose_device(device: str) -> str:
@@ -148,7 +107,7 @@ class KmerFeaturiser:
         return kmer_profile(sequences, k=self.k, canonical=self.canonical)
 
 
-# --------------------------------------------------------------------------- files
+# --------------------------------------------------------------------------- inputs
 
 
 def read_fasta(path: Path) -> dict[str, str]:
@@ -177,21 +136,13 @@ def read_descriptions(path: Path) -> pd.DataFrame:
     return table
 
 
-def _save(path: Path, genes: Sequence[str], vectors: np.ndarray, meta: dict) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, genes=np.asarray(list(genes), dtype=str), vectors=np.asarray(vectors, dtype=np.float32),
-                     meta=np.asarray(json.dumps(meta)))
-
-
-def load_features(path: Path) -> tuple[list[str], np.ndarray, dict]:
-    """Read an embedding file written by this stage: genes, vectors [n, dim] float32, meta."""
-    with np.load(path, allow_pickle=False) as data:
-        return data["genes"].tolist(), data["vectors"], json.loads(str(data["meta"]))
+def format_gene_list(genes: Sequence[str], index: int, total: int) -> str:
+    """The text of shard ``index``'s gene list (of ``total``): a ``# shard i of n`` header, one gene a line."""
+    return f"# shard {index} of {total}\n" + "".join(f"{g}\n" for g in genes)
 
 
 def read_gene_list(path: Path) -> tuple[list[str], int, int]:
-    """A shard's gene list (from :func:`plan_shards`): genes, shard index, number of shards."""
+    """A shard's gene list (:func:`format_gene_list`): genes, shard index, number of shards."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     if not lines or not lines[0].startswith("# shard "):
         raise ValueError(f"{path}: not a gene list from `grape embed --plan-out` (no '# shard i of n' header)")
@@ -199,7 +150,7 @@ def read_gene_list(path: Path) -> tuple[list[str], int, int]:
     return [g for g in lines[1:] if g], int(index), int(total)
 
 
-# --------------------------------------------------------------------------- modes
+# --------------------------------------------------------------------------- shards
 
 
 def plan_shards(costs: Sequence[float], n_shards: int) -> list[list[int]]:
@@ -213,38 +164,45 @@ def plan_shards(costs: Sequence[float], n_shards: int) -> list[list[int]]:
     return [sorted(s) for s in shards]
 
 
-def _plan(options: Options, table: pd.DataFrame, sequences: Path | None, plan_out: list[Path]) -> None:
+def plan_genes(table: pd.DataFrame, n_shards: int, *, options: Options,
+               sequences: Mapping[str, str] | None = None) -> list[list[str]]:
+    """The genes of each of ``n_shards`` shards, balanced by the work they need.
+
+    The work of a gene is the length of its description, plus that of its sequence
+    (``sequences``, keyed by ``gene_id``) with a DNA model; the k-mer profile costs nothing.
+    """
     cost = table["description"].str.len().astype(float).to_numpy() + 1.0
     if options.dna_model != KMER:
         if sequences is None:
             raise ValueError("plan mode with a DNA model needs --sequences (the work is mostly the sequences)")
-        fasta = read_fasta(Path(sequences))
-        cost = cost + np.array([len(fasta.get(g, "")) for g in table["gene_id"]], dtype=float)
-    shards = plan_shards(cost.tolist(), len(plan_out))
-    for index, (path, rows) in enumerate(zip(plan_out, shards)):
-        genes = table["gene"].iloc[rows].tolist()
-        write_text_atomic(path, f"# shard {index} of {len(plan_out)}\n" + "".join(f"{g}\n" for g in genes))
-    log.info("planned %d genes into %d shards of %s genes", len(table), len(plan_out),
+        cost = cost + np.array([len(sequences.get(g, "")) for g in table["gene_id"]], dtype=float)
+    shards = plan_shards(cost.tolist(), n_shards)
+    log.info("planned %d genes into %d shards of %s genes", len(table), n_shards,
              "/".join(str(len(s)) for s in shards))
+    return [table["gene"].iloc[rows].tolist() for rows in shards]
 
 
 PER_SHARD_META = {"has_sequence", "shard", "computed", "shards"}
 
 
-def _merge(table: pd.DataFrame, parts: list[Path], out: Path, what: str) -> None:
+def merge_features(table: pd.DataFrame, parts: Sequence[Features], *, what: str,
+                   names: Sequence[str] | None = None) -> Features:
+    """The shards' features of ``what`` (text or dna) joined in the table's gene order.
+
+    ``names`` (the shards' files) name the shards in errors: a gene in two shards or in
+    none, or shards made with other settings.
+    """
+    names = [str(n) for n in names] if names is not None else [f"shard {i}" for i in range(len(parts))]
     where: dict[str, tuple[int, int]] = {}
-    loaded = []
-    for number, path in enumerate(parts):
-        part_genes, vectors, meta = load_features(path)
-        loaded.append((vectors, meta))
-        for row, gene in enumerate(part_genes):
+    for number, part in enumerate(parts):
+        for row, gene in enumerate(part.genes):
             if gene in where:
-                raise ValueError(f"gene {gene!r} is in two {what} shards ({parts[where[gene][0]]} and {path})")
+                raise ValueError(f"gene {gene!r} is in two {what} shards ({names[where[gene][0]]} and {names[number]})")
             where[gene] = (number, row)
-    settings = [{k: v for k, v in meta.items() if k not in PER_SHARD_META} for _, meta in loaded]
-    for path, other in zip(parts[1:], settings[1:]):
+    settings = [{k: v for k, v in part.meta.items() if k not in PER_SHARD_META} for part in parts]
+    for name, other in zip(names[1:], settings[1:]):
         if other != settings[0]:
-            raise ValueError(f"{path} was made with other {what} settings than {parts[0]}; rerun the shards")
+            raise ValueError(f"{name} was made with other {what} settings than {names[0]}; rerun the shards")
     missing = [g for g in table["gene"] if g not in where]
     if missing:
         raise ValueError(f"gene {missing[0]!r} ({len(missing)} in all) is in no {what} shard; rerun the shards")
@@ -253,15 +211,18 @@ def _merge(table: pd.DataFrame, parts: list[Path], out: Path, what: str) -> None
     has_sequence: list[bool] = []
     for i, gene in enumerate(table["gene"]):
         number, row = where[gene]
-        vectors, meta = loaded[number]
-        matrix[i] = vectors[row]
-        if "has_sequence" in meta:
-            has_sequence.append(bool(meta["has_sequence"][row]))
+        part = parts[number]
+        matrix[i] = part.vectors[row]
+        if "has_sequence" in part.meta:
+            has_sequence.append(bool(part.meta["has_sequence"][row]))
     meta = {**(settings[0] if settings else {}), "shards": len(parts)}
     if has_sequence:
         meta["has_sequence"] = has_sequence
-    _save(out, table["gene"].tolist(), matrix, meta)
     log.info("%s: merged %d shards, %d genes", what, len(parts), len(table))
+    return Features(table["gene"].tolist(), matrix, meta)
+
+
+# --------------------------------------------------------------------------- embedding
 
 
 def _text_featuriser(options: Options, *, device_index: int, memo: Path) -> TransformerEmbedder:
@@ -284,7 +245,8 @@ def _dna_featuriser(options: Options, *, device_index: int, memo: Path) -> Trans
     )
 
 
-def _check_options(options: Options) -> None:
+def check_options(options: Options) -> None:
+    """Refuse settings that cannot work (naming the ``embed.*`` key) before any model is loaded."""
     if options.dna_stride > options.dna_window:
         raise ValueError(f"embed.dna_stride ({options.dna_stride}) is larger than embed.dna_window "
                          f"({options.dna_window}): bases would be skipped")
@@ -294,10 +256,23 @@ def _check_options(options: Options) -> None:
             raise ValueError(f"embed.{name}: {getattr(options, name)!r} is not one of {', '.join(allowed)}")
 
 
-def _embed(options: Options, table: pd.DataFrame, sequences: Path, cache_dir: Path, text_out: Path, dna_out: Path,
-           *, shard: tuple[int, int] | None) -> None:
-    _check_options(options)
-    fasta = read_fasta(Path(sequences))
+def embed_features(
+    table: pd.DataFrame,
+    sequences: Mapping[str, str],
+    *,
+    options: Options,
+    cache_dir: Path,
+    shard: tuple[int, int] | None = None,
+) -> tuple[Features, Features]:
+    """Text features of the table's descriptions and DNA features of its genes' sequences.
+
+    ``sequences`` are keyed by ``gene_id``; a gene without one gets a zero DNA vector
+    (``meta['has_sequence']`` says which). Vectors are read from and added to the cache
+    under ``cache_dir``, so only new texts and sequences are computed (``meta['computed']``
+    counts them). ``shard`` (index, number of shards) selects the GPU of a sharded job and
+    is recorded in the meta.
+    """
+    check_options(options)
     cache_dir = Path(cache_dir)
     memo = cache_dir / "file_hashes.json"
     index = shard[0] if shard else 0
@@ -305,6 +280,7 @@ def _embed(options: Options, table: pd.DataFrame, sequences: Path, cache_dir: Pa
     text_feat = _text_featuriser(options, device_index=index, memo=memo)
     dna_feat = _dna_featuriser(options, device_index=index, memo=memo)
     extra = {"shard": list(shard)} if shard else {}
+    genes = table["gene"].tolist()
 
     texts = table["description"].tolist()
     cache = ShardedCache(cache_dir / "text", text_feat.identity)
@@ -315,9 +291,9 @@ def _embed(options: Options, table: pd.DataFrame, sequences: Path, cache_dir: Pa
         text_vectors = np.zeros((0, text_feat.dim), dtype=np.float32)
     text_meta = {"model": options.text_model, "cache_key": cache.key, **text_feat.identity,
                  "dim": int(text_vectors.shape[1])}
-    _save(Path(text_out), table["gene"].tolist(), text_vectors, {**text_meta, **extra, "computed": n_text})
+    text = Features(genes, np.asarray(text_vectors, dtype=np.float32), {**text_meta, **extra, "computed": n_text})
 
-    seqs = [fasta.get(gid, "") for gid in table["gene_id"]]
+    seqs = [sequences.get(gid, "") for gid in table["gene_id"]]
     has_seq = np.array([bool(s) for s in seqs], dtype=bool)
     cache = ShardedCache(cache_dir / "dna", dna_feat.identity)
     with_seq = [s for s in seqs if s]
@@ -332,48 +308,5 @@ def _embed(options: Options, table: pd.DataFrame, sequences: Path, cache_dir: Pa
                 "cache_key": cache.key, **dna_feat.identity, "dim": int(dim)}
     if options.dna_model == KMER:
         dna_meta.update(k=options.kmer_k, canonical=options.kmer_canonical)
-    _save(Path(dna_out), table["gene"].tolist(), dna_vectors,
-          {**dna_meta, **extra, "computed": n_dna, "has_sequence": has_seq.tolist()})
-
-
-def run(
-    *,
-    options: Options,
-    descriptions: Path,
-    sequences: Path | None = None,
-    cache_dir: Path | None = None,
-    genes: Path | None = None,
-    text_out: Path | None = None,
-    dna_out: Path | None = None,
-    plan_out: list[Path] | None = None,
-    text_parts: list[Path] | None = None,
-    dna_parts: list[Path] | None = None,
-) -> None:
-    """Embed every gene's description and sequence (or plan shards, or merge them; see the module doc)."""
-    table = read_descriptions(Path(descriptions))
-    if plan_out:
-        if text_parts or dna_parts or genes:
-            raise ValueError("--plan-out cannot be combined with --genes, --text-parts or --dna-parts")
-        _plan(options, table, sequences, [Path(p) for p in plan_out])
-        return
-    if text_out is None or dna_out is None:
-        raise ValueError("--text-out and --dna-out are required (embed and merge modes)")
-    if text_parts or dna_parts:
-        if not text_parts or not dna_parts or len(text_parts) != len(dna_parts):
-            raise ValueError("merge mode needs as many --text-parts as --dna-parts")
-        _merge(table, [Path(p) for p in text_parts], Path(text_out), "text")
-        _merge(table, [Path(p) for p in dna_parts], Path(dna_out), "dna")
-        return
-    if sequences is None or cache_dir is None:
-        raise ValueError("embed mode needs --sequences and --cache-dir")
-    shard = None
-    if genes is not None:
-        wanted, index, total = read_gene_list(Path(genes))
-        unknown = sorted(set(wanted) - set(table["gene"]))
-        if unknown:
-            raise ValueError(f"{genes}: gene {unknown[0]!r} is not in {descriptions}")
-        keep = set(wanted)
-        table = table[table["gene"].isin(keep)].reset_index(drop=True)
-        shard = (index, total)
-        log.info("shard %d of %d: %d genes", index, total, len(table))
-    _embed(options, table, Path(sequences), Path(cache_dir), Path(text_out), Path(dna_out), shard=shard)
+    dna = Features(genes, dna_vectors, {**dna_meta, **extra, "computed": n_dna, "has_sequence": has_seq.tolist()})
+    return text, dna

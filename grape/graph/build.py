@@ -1,8 +1,8 @@
-"""Assemble the biotype heterograph as a PyTorch Geometric ``HeteroData``.
+"""Assemble the gene graph the model reads: features, node types and sparse prior edges.
 
 Nodes are the dataset's genes, typed by biotype group (default: ``coding`` for
 protein_coding, ``noncoding`` for every other biotype, as in GRAPE). Node features
-are the text embedding (``x_text``) and DNA profile (``x_dna``) of each gene.
+are the text embedding and DNA profile of each gene (``modalities``).
 
 Prior edges are GRAPE's multimodal similarity graph, kept sparse. For each
 modality, every gene's ``top_k`` most cosine-similar genes are found in row blocks
@@ -10,9 +10,19 @@ modality, every gene's ``top_k`` most cosine-similar genes are found in row bloc
 below ``min_similarity`` counts as no edge (GRAPE thresholds each modality's
 similarity graph); the thresholded similarities are fused over modalities
 (``fusion``: their mean, so an edge both modalities support weighs most, or their
-max); each gene keeps its ``top_k`` heaviest incoming edges. Edges are split into
-one relation per (source group, target group) pair. The options are stored with
-the graph so that training can rebuild the prior from one modality (ablations).
+max); each gene keeps its ``top_k`` heaviest incoming edges. The edges of one relation
+(source group, target group) are listed together.
+
+Graph variants (:data:`grape.variants.GRAPH_VARIANTS`) change the graph for the model
+variants that need their own: the prior from one modality only (built from that
+modality's column-z-scored features, the features the model reads), or one node type for
+every gene. The graph stage builds one file per variant.
+
+The file (:func:`save_graph`) holds plain tensors in global node order, :class:`Graph`:
+the features per modality, node types, the prior edges and their weights, with the gene
+names, biotypes, node types, variant and options as JSON metadata (safetensors, no
+pickle). :func:`to_heterodata` gives the same graph as a validated PyTorch Geometric
+``HeteroData`` (one node store per type, one edge store per relation).
 
 :func:`coexpression_edges` builds optional co-expression edges; training calls it
 on the training conditions only, after the split.
@@ -32,34 +42,17 @@ import torch
 from torch_geometric.data import HeteroData
 
 from grape.io.files import atomic_path
-from grape.stages import PathArg
-from grape.features.embed import load_features
+from grape.options import options_class
+from grape.variants import GRAPH_VARIANTS, MODALITIES, SINGLE_NODE_TYPE
 
 log = logging.getLogger(__name__)
 
 RELATION = "to"
 
-CLI_PATHS = {
-    "descriptions": PathArg("description table from `grape describe` (the node list, with biotypes)"),
-    "text": PathArg("text embeddings (.npz from `grape embed`)"),
-    "dna": PathArg("DNA features (.npz from `grape embed`)"),
-    "out": PathArg("output graph (.safetensors with the node lists in its metadata)"),
-}
-
 
 @dataclass(frozen=True)
-class Options:
+class Options(options_class("graph")):
     """Options of the graph stage (config section ``graph``)."""
-
-    biotype_groups: dict[str, str] = field(
-        default_factory=lambda: {"protein_coding": "coding"},
-        metadata={"help": "Ensembl biotype -> node type; biotypes not listed go to default_group"},
-    )
-    default_group: str = field(default="noncoding", metadata={"help": "node type of biotypes not in biotype_groups"})
-    top_k: int = field(default=10, metadata={"help": "prior edges kept per gene (incoming)"})
-    min_similarity: float = field(default=0.2, metadata={"help": "drop prior edges whose fused similarity is below this"})
-    chunk_size: int = field(default=4096, metadata={"help": "rows per block in the similarity search"})
-    fusion: str = field(default="mean", metadata={"help": "fuse per-modality thresholded similarities: mean or max"})
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -181,70 +174,147 @@ def merge_edges(
     return torch.stack([unique % num_nodes, unique // num_nodes]), merged
 
 
-def build_graph(
-    nodes: pd.DataFrame, text: np.ndarray, dna: np.ndarray, *, options: Options
-) -> HeteroData:
-    """Build the heterograph; ``nodes`` has columns gene and biotype, rows aligned with the features."""
-    groups = nodes["biotype"].map(lambda b: options.biotype_groups.get(b, options.default_group)).to_numpy()
-    x_text = torch.from_numpy(np.asarray(text, dtype=np.float32))
-    x_dna = torch.from_numpy(np.asarray(dna, dtype=np.float32))
-    edge_index, weight = prior_edges(
-        [x_text, x_dna], top_k=options.top_k, min_similarity=options.min_similarity, chunk_size=options.chunk_size,
-        fusion=options.fusion,
-    )
-    data = HeteroData()
-    node_types = sorted(set(groups))
-    local = torch.empty(len(nodes), dtype=torch.long)
-    for node_type in node_types:
-        members = torch.from_numpy(np.flatnonzero(groups == node_type))
-        local[members] = torch.arange(len(members))
-        store = data[node_type]
-        store.x_text = x_text[members]
-        store.x_dna = x_dna[members]
-        store.global_id = members
-        store.num_nodes = len(members)
-    group_index = {t: i for i, t in enumerate(node_types)}
-    gid = torch.tensor([group_index[g] for g in groups])
-    src, dst = edge_index
-    for s_type in node_types:
-        for d_type in node_types:
-            mask = (gid[src] == group_index[s_type]) & (gid[dst] == group_index[d_type])
-            rel = data[s_type, RELATION, d_type]
-            rel.edge_index = torch.stack([local[src[mask]], local[dst[mask]]])
-            rel.edge_weight = weight[mask]
-    data.validate(raise_on_error=True)
-    return data
+def zscore_columns(x: torch.Tensor) -> torch.Tensor:
+    """Each column centred and scaled to unit (sample) standard deviation (at least 1e-6)."""
+    return (x - x.mean(0, keepdim=True)) / x.std(0, keepdim=True).clamp(min=1e-6)
 
 
-def save_graph(
-    path: Path, data: HeteroData, *, genes: list[str], biotypes: list[str], options: Options | None = None
-) -> None:
-    """Write tensors with safetensors and the gene lists as JSON metadata (no pickle)."""
-    from safetensors.torch import save_file
+def biotype_groups(biotypes: list[str], *, options: Options) -> list[str]:
+    """The node type (biotype group) of each biotype: ``graph.biotype_groups``, else ``graph.default_group``."""
+    return [options.biotype_groups.get(b, options.default_group) for b in biotypes]
 
-    tensors = {}
-    for node_type in data.node_types:
-        for key in ("x_text", "x_dna", "global_id"):
-            tensors[f"node/{node_type}/{key}"] = data[node_type][key].contiguous()
-    for edge_type in data.edge_types:
-        name = "__".join(edge_type)
-        tensors[f"edge/{name}/edge_index"] = data[edge_type].edge_index.contiguous()
-        tensors[f"edge/{name}/edge_weight"] = data[edge_type].edge_weight.contiguous()
-    meta = {"genes": json.dumps(genes), "biotypes": json.dumps(biotypes),
-            "node_types": json.dumps(data.node_types), "edge_types": json.dumps([list(e) for e in data.edge_types]),
-            "options": json.dumps(dataclasses.asdict(options) if options is not None else {})}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+
+def by_relation(edge_index: torch.Tensor, weight: torch.Tensor, node_type: torch.Tensor,
+                num_types: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The edges listed relation by relation (source type, then target type), each in its given order."""
+    relation = node_type[edge_index[0]] * num_types + node_type[edge_index[1]]
+    order = torch.argsort(relation, stable=True)
+    return edge_index[:, order], weight[order]
 
 
 @dataclass(frozen=True)
 class Graph:
-    """A loaded heterograph and the gene order behind its ``global_id``s."""
+    """The gene graph in global node order: what the graph stage writes and the model reads.
 
-    data: HeteroData
+    Node ``i`` is gene ``genes[i]`` (biotype ``biotypes[i]``) of node type
+    ``node_types[node_type[i]]``; ``modalities`` maps each feature modality to its
+    ``[N, D]`` float32 features (as embedded); ``edge_index [2, E]`` (source, target) and
+    ``edge_weight [E]`` are the prior edges. ``variant`` is the graph variant
+    (:data:`grape.variants.GRAPH_VARIANTS`), ``options`` the graph stage's options.
+    """
+
     genes: list[str]
     biotypes: list[str]
-    options: dict = field(default_factory=dict)  # the graph stage's options (empty for older files)
+    modalities: dict[str, torch.Tensor]
+    node_type: torch.Tensor
+    node_types: tuple[str, ...]
+    edge_index: torch.Tensor
+    edge_weight: torch.Tensor
+    variant: str = "full"
+    options: dict = field(default_factory=dict)
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.genes)
+
+    @property
+    def prior_modalities(self) -> tuple[str, ...]:
+        """The modalities the prior edges were built from."""
+        return GRAPH_VARIANTS[self.variant].modalities
+
+    @property
+    def biotype(self) -> bool:
+        """Whether node types are biotype groups (False: one node type for every gene)."""
+        return GRAPH_VARIANTS[self.variant].biotype
+
+    @property
+    def data(self) -> HeteroData:
+        """The graph as a validated ``HeteroData`` (:func:`to_heterodata`)."""
+        return to_heterodata(self)
+
+
+def build_graph(
+    nodes: pd.DataFrame, text: np.ndarray, dna: np.ndarray, *, options: Options, variant: str = "full"
+) -> Graph:
+    """Build graph variant ``variant``; ``nodes`` has columns gene and biotype, rows aligned with the features.
+
+    The prior of a variant with both modalities is built from the features as given, its edges
+    listed by biotype relation; that of a one-modality variant from the column-z-scored
+    features of that modality (what the model reads), its edges in the order the search finds
+    them. (These are the priors, and the edge orders, that training used when it rebuilt
+    the prior itself, so the models' predictions are unchanged to the last bit.)
+    """
+    if variant not in GRAPH_VARIANTS:
+        raise ValueError(f"unknown graph variant {variant!r} (known: {', '.join(GRAPH_VARIANTS)})")
+    spec = GRAPH_VARIANTS[variant]
+    genes, biotypes = nodes["gene"].astype(str).tolist(), nodes["biotype"].astype(str).tolist()
+    for name, x in (("text", text), ("dna", dna)):
+        if len(x) != len(genes):
+            raise ValueError(f"{name} features have {len(x)} rows for {len(genes)} genes")
+    features = {"text": torch.from_numpy(np.asarray(text, dtype=np.float32)),
+                "dna": torch.from_numpy(np.asarray(dna, dtype=np.float32))}
+    groups = biotype_groups(biotypes, options=options)
+    group_types = sorted(set(groups))
+    index = {t: i for i, t in enumerate(group_types)}
+    group_id = torch.tensor([index[g] for g in groups], dtype=torch.long)
+    both = set(spec.modalities) == set(MODALITIES)
+    prior_input = [features[m] for m in MODALITIES] if both else [zscore_columns(features[m]) for m in spec.modalities]
+    edge_index, weight = prior_edges(prior_input, top_k=options.top_k, min_similarity=options.min_similarity,
+                                     chunk_size=options.chunk_size, fusion=options.fusion)
+    if both:
+        edge_index, weight = by_relation(edge_index, weight, group_id, len(group_types))
+    if spec.biotype:
+        node_type, node_types = group_id, tuple(group_types)
+    else:
+        node_type, node_types = torch.zeros(len(genes), dtype=torch.long), (SINGLE_NODE_TYPE,)
+    return Graph(genes=genes, biotypes=biotypes, modalities=features, node_type=node_type, node_types=node_types,
+                 edge_index=edge_index, edge_weight=weight.float(), variant=variant,
+                 options={**dataclasses.asdict(options), "variant": variant})
+
+
+def to_heterodata(graph: Graph) -> HeteroData:
+    """The graph as a PyTorch Geometric ``HeteroData``, validated.
+
+    One node store per node type (``x_<modality>``, ``global_id``: the node's index in
+    :class:`Graph`), one edge store per (source type, ``to``, target type) relation, with
+    local ``edge_index`` and ``edge_weight``.
+    """
+    data = HeteroData()
+    local = torch.empty(graph.num_nodes, dtype=torch.long)
+    for i, node_type in enumerate(graph.node_types):
+        members = torch.nonzero(graph.node_type == i).flatten()
+        local[members] = torch.arange(len(members))
+        store = data[node_type]
+        for name, x in graph.modalities.items():
+            store[f"x_{name}"] = x[members]
+        store.global_id = members
+        store.num_nodes = len(members)
+    src, dst = graph.edge_index
+    for i, s_type in enumerate(graph.node_types):
+        for j, d_type in enumerate(graph.node_types):
+            mask = (graph.node_type[src] == i) & (graph.node_type[dst] == j)
+            rel = data[s_type, RELATION, d_type]
+            rel.edge_index = torch.stack([local[src[mask]], local[dst[mask]]])
+            rel.edge_weight = graph.edge_weight[mask]
+    data.validate(raise_on_error=True)
+    return data
+
+
+FORMAT = "grape-graph-2"
+
+
+def save_graph(path: Path, graph: Graph) -> None:
+    """Write the graph's tensors with safetensors and its names and settings as JSON metadata (no pickle)."""
+    from safetensors.torch import save_file
+
+    tensors = {f"modality/{name}": x.contiguous() for name, x in graph.modalities.items()}
+    tensors.update(node_type=graph.node_type.contiguous(), edge_index=graph.edge_index.contiguous(),
+                   edge_weight=graph.edge_weight.contiguous())
+    meta = {"format": FORMAT, "genes": json.dumps(graph.genes), "biotypes": json.dumps(graph.biotypes),
+            "node_types": json.dumps(list(graph.node_types)), "modalities": json.dumps(list(graph.modalities)),
+            "variant": graph.variant, "options": json.dumps(graph.options)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load_graph(path: Path) -> Graph:
@@ -252,32 +322,13 @@ def load_graph(path: Path) -> Graph:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata()
+        meta = handle.metadata() or {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a graph of this grape version (format {meta.get('format')!r}, "
+                             f"expected {FORMAT!r}); rerun `grape graph`")
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    data = HeteroData()
-    for node_type in json.loads(meta["node_types"]):
-        for key in ("x_text", "x_dna", "global_id"):
-            data[node_type][key] = tensors[f"node/{node_type}/{key}"]
-        data[node_type].num_nodes = len(data[node_type].global_id)
-    for edge_type in json.loads(meta["edge_types"]):
-        name = "__".join(edge_type)
-        data[tuple(edge_type)].edge_index = tensors[f"edge/{name}/edge_index"]
-        data[tuple(edge_type)].edge_weight = tensors[f"edge/{name}/edge_weight"]
-    return Graph(data=data, genes=json.loads(meta["genes"]), biotypes=json.loads(meta["biotypes"]),
-                 options=json.loads(meta.get("options", "{}")))
-
-
-def run(*, options: Options, descriptions: Path, text: Path, dna: Path, out: Path) -> None:
-    """Assemble and save the graph."""
-    nodes = pd.read_csv(descriptions, sep="\t", dtype=str).fillna("")
-    text_genes, text_x, _ = load_features(Path(text))
-    dna_genes, dna_x, _ = load_features(Path(dna))
-    genes = nodes["gene"].tolist()
-    for name, got in (("text", text_genes), ("dna", dna_genes)):
-        if got != genes:
-            raise ValueError(f"{name} features do not list the genes of {descriptions} in order; rerun `grape embed`")
-    data = build_graph(nodes, text_x, dna_x, options=options)
-    n_edges = sum(data[e].edge_index.shape[1] for e in data.edge_types)
-    log.info("graph: %s nodes, %d prior edges over %d relations",
-             {t: data[t].num_nodes for t in data.node_types}, n_edges, len(data.edge_types))
-    save_graph(Path(out), data, genes=genes, biotypes=nodes["biotype"].tolist(), options=options)
+    return Graph(genes=json.loads(meta["genes"]), biotypes=json.loads(meta["biotypes"]),
+                 modalities={m: tensors[f"modality/{m}"] for m in json.loads(meta["modalities"])},
+                 node_type=tensors["node_type"], node_types=tuple(json.loads(meta["node_types"])),
+                 edge_index=tensors["edge_index"], edge_weight=tensors["edge_weight"], variant=meta["variant"],
+                 options=json.loads(meta["options"]))

@@ -11,47 +11,36 @@ the message-passing layers (normalised over the target's incoming edges), and
 the prior, the structure learner or both proposed it. Both genes' biotypes and node
 types are given.
 
-``grape network`` scores such networks, and the prior graph (ranked by its similarity
-weight), against a ground-truth network (the demo's ``truth_network.tsv``): precision at
-k, where each gene's top-k incoming edges (by weight) are checked against the directed
-true edges (regulator -> target), pooled over genes. ``random`` is the precision
-expected from edges drawn at random (the density of the true network).
+:func:`recovery` (for the ``network`` stage) scores such networks, and the prior graph
+(:func:`prior_network`, ranked by its similarity weight), against a ground-truth network
+(the demo's ``truth_network.tsv``): precision at k, where each gene's top-k incoming edges
+(by weight) are checked against the directed true edges (regulator -> target), pooled over
+genes. ``random`` is the precision expected from edges drawn at random (the density of the
+true network).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from grape.io.files import atomic_path
-from grape.stages import PathArg
-from grape.graph.build import load_graph, top_incoming_index
+from grape.options import options_class
+from grape.graph.build import Graph, top_incoming_index
 
 log = logging.getLogger(__name__)
-
-CLI_PATHS = {
-    "graph": PathArg("graph from `grape graph` (.safetensors): the prior network"),
-    "networks": PathArg("network.tsv of each model variant (.../train/<variant>/network.tsv)", many=True),
-    "truth": PathArg("true network TSV (source_name, target_name, ...)"),
-    "out": PathArg("output TSV: graph, k, precision, hits, n_edges, n_true, recall"),
-}
 
 NETWORK_COLUMNS = ["source", "target", "source_biotype", "target_biotype", "source_type", "target_type",
                    "weight", "effect", "attention", "graph_weight", "origin"]
 
 
 @dataclass(frozen=True)
-class Options:
+class Options(options_class("network")):
     """Options of the network stage (config section ``network``)."""
-
-    ks: list[int] = field(default_factory=lambda: [1, 3, 5, 10], metadata={"help": "k of precision at k"})
-    source_column: str = field(default="source_name", metadata={"help": "column of the truth with the regulator"})
-    target_column: str = field(default="target_name", metadata={"help": "column of the truth with the target"})
 
 
 @torch.no_grad()
@@ -114,20 +103,15 @@ def export_network(model, graph, *, genes: list[str], biotypes: list[str], k: in
                              ignore_index=True)
 
 
-def prior_network(graph_path: Path) -> pd.DataFrame:
-    """The prior graph's edges as a table of source, target, weight (gene names)."""
-    graph = load_graph(Path(graph_path))
-    data = graph.data
-    rows = []
-    for edge_type in data.edge_types:
-        s, _, d = edge_type
-        ei = data[edge_type].edge_index
-        rows.append(pd.DataFrame({
-            "source": [graph.genes[i] for i in data[s].global_id[ei[0]].tolist()],
-            "target": [graph.genes[i] for i in data[d].global_id[ei[1]].tolist()],
-            "weight": data[edge_type].edge_weight.numpy(),
-        }))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["source", "target", "weight"])
+def prior_network(graph: Graph) -> pd.DataFrame:
+    """The prior edges of a graph (:func:`grape.graph.build.load_graph`) as a table of source,
+    target, weight (gene names), in the graph's edge order."""
+    src, dst = graph.edge_index.tolist()
+    return pd.DataFrame({
+        "source": pd.Series([graph.genes[i] for i in src], dtype=object),
+        "target": pd.Series([graph.genes[i] for i in dst], dtype=object),
+        "weight": graph.edge_weight.numpy().astype(np.float32),
+    })
 
 
 def precision_at_k(network: pd.DataFrame, truth: set[tuple[str, str]], ks: list[int]) -> pd.DataFrame:
@@ -170,21 +154,3 @@ def recovery(
                                 "n_edges": np.nan, "n_true": len(pairs), "recall": np.nan}))
     out = pd.concat(tables, ignore_index=True)
     return out[["graph", "k", "precision", "hits", "n_edges", "n_true", "recall"]]
-
-
-def run(*, options: Options, graph: Path, networks: list[Path], truth: Path, out: Path) -> None:
-    """Score the prior graph and every learned network against the truth."""
-    loaded = load_graph(Path(graph))
-    prior = prior_network(Path(graph))
-    tables = {}
-    for path in [networks] if isinstance(networks, (str, Path)) else networks:
-        table = pd.read_csv(path, sep="\t")
-        missing = [c for c in ("source", "target", "weight") if c not in table.columns]
-        if missing:
-            raise ValueError(f"{path}: missing columns {', '.join(missing)}")
-        tables[graph_name(Path(path))] = table
-    truth_table = pd.read_csv(truth, sep="\t", dtype={options.source_column: str, options.target_column: str})
-    result = recovery(prior, tables, truth_table, options=options, genes=loaded.genes)
-    log.info("network recovery:\n%s", result.to_string(index=False))
-    with atomic_path(out) as tmp:
-        result.to_csv(tmp, sep="\t", index=False, float_format="%.6g")

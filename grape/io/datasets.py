@@ -2,7 +2,7 @@
 
 The workflow's dataset rules (``rules/dataset.smk``) run three commands:
 
-``python -m grape.io.datasets download --name N --url URL [--sha256 H] [--md5 H] --out resources/datasets/N/archive``
+``python -m grape dataset download --name N --url URL [--sha256 H] [--md5 H] --out resources/datasets/N/archive``
     Fetches a GEARS-style archive (a zip or tar holding ``<dataset>/perturb_processed.h5ad``,
     as GEARS' Harvard Dataverse files) or a bare h5ad with :func:`grape.io.download.fetch`:
     retries with backoff, resumed with HTTP ``Range``, HTML pages and truncated bodies
@@ -14,11 +14,11 @@ The workflow's dataset rules (``rules/dataset.smk``) run three commands:
     would come again). The computed digests are written beside it (``archive.sha256``,
     ``archive.md5``, in ``sha256sum -c`` form) so an unpinned download can be pinned.
     Every error names the dataset and the URL.
-``python -m grape.io.datasets extract --name N --archive A --member perturb_processed.h5ad --out O``
+``python -m grape dataset extract --name N --archive A --member perturb_processed.h5ad --out O``
     Streams that one member out of the archive (never ``extractall``): its path must be
     relative without ``..``, and it must be a regular file (no link, no device); its
     size and CRC are checked, the result must be HDF5 and open as an AnnData.
-``python -m grape.io.datasets subset --dataset D --subset '{"dataset": "norman19"}' --out O [dataset options]``
+``python -m grape dataset subset --dataset D --subset '{"dataset": "norman19"}' --out O [dataset options]``
     Keeps the cells whose obs columns hold the given values and checks the dataset
     contract (:func:`grape.data.dataset.check_dataset`) on the result.
 
@@ -31,9 +31,7 @@ Each command writes its outputs atomically (temporary file, then rename).
 
 from __future__ import annotations
 
-import argparse
 import bz2
-import dataclasses
 import gzip
 import hashlib
 import json
@@ -42,19 +40,18 @@ import lzma
 import os
 import shutil
 import stat
-import sys
 import tarfile
-import typing
 import zipfile
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from grape.io.files import atomic_path, sha256_file, write_text_atomic
 from grape.data.dataset import DatasetError, DatasetOptions, check_dataset
-from grape.io.download import DownloadError, RetryPolicy, fetch, looks_like_html, redact_url
+from grape.io.download import DownloadError, DownloadOptions, RetryPolicy, fetch, looks_like_html, redact_url
+from grape.options import option_field, options_class
 
 log = logging.getLogger(__name__)
 
@@ -440,108 +437,59 @@ def subset_dataset(adata: Any, subset: Mapping[str, Any], *, source: str = "data
     return kept
 
 
+# Bases listed last section first: a dataclass's fields follow the reversed MRO (dataset, then subset).
 @dataclass(frozen=True)
-class SubsetOptions(DatasetOptions):
-    """Options of ``python -m grape.io.datasets subset``: the ``dataset`` section, with ``subset``."""
+class SubsetOptions(options_class("dataset", keys=("subset",)), DatasetOptions):
+    """Options of ``grape dataset subset``: the ``dataset`` section, with its workflow key ``subset``
+    (the rule passes it as ``--subset``)."""
 
-    subset: dict = field(default_factory=dict, metadata={"help": "obs column -> value(s) to keep, as JSON"})
 
+def checked_subset(adata: Any, *, options: SubsetOptions, source: str) -> Any:
+    """The cells of ``adata`` selected by ``options.subset`` (all when empty), checked against the dataset contract.
 
-def make_subset(dataset: str | os.PathLike[str], out: str | os.PathLike[str], *, options: SubsetOptions,
-                provenance: str | os.PathLike[str] | None = None) -> None:
-    """Subset ``dataset`` by ``options.subset``, check the contract and write ``out`` (and its provenance)."""
-    import anndata as ad
-
-    dataset, out = Path(dataset), Path(out)
-    if not dataset.is_file():
-        raise DatasetError(f"dataset file not found: {dataset}")
-    check_h5ad(dataset)
-    adata = ad.read_h5ad(dataset)
+    Raises :class:`DatasetError` naming ``source``, the column or value.
+    """
     n_before = adata.n_obs
-    adata = subset_dataset(adata, options.subset, source=str(dataset)) if options.subset else adata
-    check_dataset(adata, options=options, source=f"{dataset} subset {json.dumps(options.subset)}")
+    adata = subset_dataset(adata, options.subset, source=source) if options.subset else adata
+    check_dataset(adata, options=options, source=f"{source} subset {json.dumps(options.subset)}")
     conditions = adata.obs[options.condition_key].astype(str)
-    log.info("%s: kept %d of %d cells (%d conditions) with %s", dataset, adata.n_obs, n_before,
+    log.info("%s: kept %d of %d cells (%d conditions) with %s", source, adata.n_obs, n_before,
              conditions.nunique(), json.dumps(options.subset))
-    with atomic_path(out) as tmp:
-        adata.write_h5ad(tmp, compression="gzip")
-    if provenance is not None:
-        record = {
-            "source": str(dataset), "source_sha256": sha256_file(dataset), "subset": options.subset,
-            "cells_in": n_before, "cells": adata.n_obs, "genes": adata.n_vars,
-            "conditions": int(conditions.nunique()),
-        }
-        write_text_atomic(provenance, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return adata
 
 
-# --------------------------------------------------------------------------- command line
+def subset_provenance(source: str | os.PathLike[str], adata: Any, *, options: SubsetOptions, cells_in: int) -> dict[str, Any]:
+    """The JSON record of a subset: its source file (and sha256), the subset, and what it kept."""
+    return {
+        "source": str(source), "source_sha256": sha256_file(source), "subset": options.subset,
+        "cells_in": int(cells_in), "cells": adata.n_obs, "genes": adata.n_vars,
+        "conditions": int(adata.obs[options.condition_key].astype(str).nunique()),
+    }
 
 
-def _policy(ns: argparse.Namespace) -> RetryPolicy:
-    return RetryPolicy(retries=ns.retries, backoff=ns.backoff, max_backoff=ns.max_backoff, timeout=ns.timeout)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="grape dataset", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    get = commands.add_parser("download", help="download, check and pin a dataset archive (or h5ad)")
-    get.add_argument("--name", required=True, help="dataset name (dataset.name)")
-    get.add_argument("--url", required=True, help="URL of the archive or h5ad (dataset.url)")
-    get.add_argument("--sha256", default=None, help="expected sha256 (dataset.sha256)")
-    get.add_argument("--md5", default=None, help="expected md5 (dataset.md5)")
-    get.add_argument("--member", default=DEFAULT_MEMBER, help="h5ad member of the archive (dataset.member)")
-    get.add_argument("--out", type=Path, required=True, help="the downloaded file; <out>.sha256 / .md5 beside it")
-    defaults = RetryPolicy()
-    for option, kind, value in (("retries", int, defaults.retries), ("backoff", float, defaults.backoff),
-                                ("max-backoff", float, defaults.max_backoff), ("timeout", float, defaults.timeout)):
-        get.add_argument(f"--{option}", type=kind, default=value, help=f"download.{option.replace('-', '_')}")
-
-    unpack = commands.add_parser("extract", help="extract the h5ad member of a downloaded archive")
-    unpack.add_argument("--name", required=True, help="dataset name (dataset.name)")
-    unpack.add_argument("--archive", type=Path, required=True, help="the downloaded archive (or h5ad)")
-    unpack.add_argument("--member", default=DEFAULT_MEMBER, help="h5ad member of the archive (dataset.member)")
-    unpack.add_argument("--out", type=Path, required=True, help="the extracted h5ad")
-    unpack.add_argument("--provenance", type=Path, default=None, help="JSON record of where the h5ad came from")
-
-    cut = commands.add_parser("subset", help="keep the cells whose obs columns hold given values")
-    cut.add_argument("--dataset", type=Path, required=True, help="the h5ad to subset")
-    cut.add_argument("--out", type=Path, required=True, help="the subset h5ad")
-    cut.add_argument("--provenance", type=Path, default=None, help="JSON record of the subset")
-    from grape.cli import _add_option  # the same flags as every stage's options
-
-    hints = typing.get_type_hints(SubsetOptions)
-    for item in dataclasses.fields(SubsetOptions):
-        _add_option(cut, item, hints)
-    return parser
-
-
-def _archive_provenance(archive: Path, found: Member | None, name: str) -> dict[str, Any]:
+def archive_provenance(archive: str | os.PathLike[str], found: Member | None, *, name: str) -> dict[str, Any]:
+    """The JSON record of an extracted h5ad: the dataset, its archive (and sha256, from the sidecar when there), the member."""
+    archive = Path(archive)
     sidecar = checksum_sidecars(archive)["sha256"]
     digest = sidecar.read_text().split()[0] if sidecar.is_file() else sha256_file(archive)
     return {"dataset": name, "archive": str(archive), "archive_sha256": digest,
             "member": found.name if found else None}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m grape.io.datasets``."""
-    ns = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=ns.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if ns.command == "download":
-        download(ns.url, ns.out, name=ns.name, sha256=ns.sha256, md5=ns.md5, member=ns.member, policy=_policy(ns))
-    elif ns.command == "extract":
-        found = extract(ns.archive, ns.out, name=ns.name, member=ns.member)
-        if ns.provenance is not None:
-            write_text_atomic(ns.provenance, json.dumps(_archive_provenance(ns.archive, found, ns.name),
-                                                        indent=2, sort_keys=True) + "\n")
-    else:
-        names = {f.name for f in dataclasses.fields(SubsetOptions)}
-        options = SubsetOptions(**{k: v for k, v in vars(ns).items() if k in names})
-        make_subset(ns.dataset, ns.out, options=options, provenance=ns.provenance)
-    return 0
+@dataclass(frozen=True, kw_only=True)
+class FetchOptions(DownloadOptions):
+    """Options of ``grape dataset download``: ``dataset.name/url/sha256/md5/member`` and the ``download`` section."""
+
+    name: str = field(metadata={"help": "dataset name (dataset.name)"})
+    url: str = field(metadata={"help": "URL of the archive or h5ad (dataset.url)"})
+    sha256: str | None = option_field("dataset", "sha256")
+    md5: str | None = option_field("dataset", "md5")
+    member: str = option_field("dataset", "member")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Options of ``grape dataset extract``: ``dataset.name`` and ``dataset.member``."""
+
+    name: str = field(metadata={"help": "dataset name (dataset.name)"})
+    member: str = option_field("dataset", "member")

@@ -44,6 +44,7 @@ Secrets are never logged: URLs in messages go through :func:`redact_url`.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import gzip
 import hashlib
@@ -59,6 +60,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from grape.io.files import atomic_path
+from grape.options import options_class
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +77,23 @@ SHOWN_GENES = 10
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """Retries, exponential backoff and per-read timeout of a request."""
+class DownloadOptions(options_class("download")):
+    """Retries and timeouts of every download (config section ``download``): ``retries`` (attempts
+    after the first one), ``backoff`` (first delay in seconds, doubled after each failed attempt),
+    ``max_backoff`` (longest delay, also caps a server's Retry-After) and ``timeout`` (seconds to
+    connect, and without any byte of the body, before an attempt fails).
 
-    retries: int = 5
-    """Attempts after the first one."""
-    backoff: float = 1.0
-    """Delay before the first retry, in seconds; doubled after each failed attempt."""
-    max_backoff: float = 60.0
-    """Longest delay between two attempts (also caps a server's Retry-After)."""
-    timeout: float = 60.0
-    """Seconds to connect, and seconds without any byte of the body, before giving up an attempt."""
+    The one declaration of these options: the options of every stage that downloads inherit it.
+    """
+
+    def retry_policy(self) -> RetryPolicy:
+        """These options as the :class:`RetryPolicy` of :func:`fetch` and the request functions."""
+        return RetryPolicy(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DownloadOptions)})
+
+
+@dataclass(frozen=True)
+class RetryPolicy(DownloadOptions):
+    """Retries, exponential backoff and per-read timeout of a request (the ``download`` options, checked)."""
 
     def __post_init__(self) -> None:
         if self.retries < 0 or self.backoff < 0 or self.max_backoff < 0 or self.timeout <= 0:

@@ -69,8 +69,9 @@ from torch import Tensor, nn
 from torch_geometric.utils import softmax as segment_softmax
 
 from grape.graph.build import topk_similar
+from grape.variants import MODALITIES
+from grape.options import options_class
 
-MODALITIES = ("text", "dna")
 DOUBLES = ("additive", "joint")
 
 
@@ -125,28 +126,22 @@ class GraphTensors:
         return self.node_type[src] * len(self.node_types) + self.node_type[dst]
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of :class:`GRAPE` (the train options of the same names)."""
+#: The train options (config section ``train``) that are the model's architecture: :class:`ModelConfig`
+#: has these fields, with the schema's defaults and help (``train.Options.model_config`` copies them).
+MODEL_OPTIONS = ("hidden", "layers", "dropout", "modalities", "gsl", "gsl_layers", "gsl_heads", "gsl_k",
+                 "gsl_prior_weight", "gsl_refresh", "global_context", "doubles", "observed_singles", "temperature")
 
-    hidden: int = 64
-    layers: int = 2
-    dropout: float = 0.1
-    modalities: tuple[str, ...] = MODALITIES
-    gsl: bool = True
-    gsl_layers: int = 2
-    gsl_heads: int = 4
-    gsl_k: int = 10
-    gsl_prior_weight: float = 0.5
-    gsl_chunk_size: int = 4096
-    gsl_refresh: int = 10
-    attention_hidden: int = 32
-    global_context: bool = True
-    doubles: str = "additive"
-    observed_singles: bool = True
-    temperature: float = 0.5
+
+@dataclass(frozen=True)
+class ModelConfig(options_class("train", keys=MODEL_OPTIONS, tuples=("modalities",), name="ModelSection")):
+    """Architecture of :class:`GRAPE`: the train options of :data:`MODEL_OPTIONS` (``modalities`` a
+    tuple; a list is made one), plus internal constants that are no configuration key."""
+
+    gsl_chunk_size: int = 4096  # internal: rows per block of the learned graph's top-k search (memory, not results)
+    attention_hidden: int = 32  # internal: width of the message-passing layers' GATv2-style attention per relation
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "modalities", tuple(self.modalities))  # model.yaml and the options hold a list
         if self.doubles not in DOUBLES:
             raise ValueError(f"doubles must be one of {', '.join(DOUBLES)}, not {self.doubles!r}")
         unknown = [m for m in self.modalities if m not in MODALITIES]
@@ -700,10 +695,11 @@ class GRAPE(nn.Module):
     @torch.no_grad()
     def network(self, graph: GraphTensors, context: int = 0) -> dict[str, Tensor]:
         """The learned message-passing graph of cell state ``context``: edges, graph weight,
-        attention (mean over layers)."""
+        attention of each layer (``layer_attention [L, E]``) and their mean (``attention``)."""
         h0 = self.encode(graph, context)
         structure = self.structure(graph, h0, context)
         alphas = [layer.attention(h0, structure) for layer in self.layers]
-        attention = torch.stack(alphas).mean(0) if alphas else structure.weight
+        layer_attention = torch.stack(alphas) if alphas else structure.weight.unsqueeze(0)
         return {"src": structure.src, "dst": structure.dst, "weight": structure.weight,
-                "attention": attention, "learned": structure.learned, "relation": structure.relation}
+                "attention": layer_attention.mean(0), "layer_attention": layer_attention,
+                "learned": structure.learned, "relation": structure.relation}

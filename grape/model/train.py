@@ -31,13 +31,18 @@ singles inside its doubles are those of the same context (:class:`grape.model.gn
 With one context everything is exactly the one-context model.
 
 Ablations (``--ablation``, or the workflow's model variants from ``train.ablations``)
-are named sets of option overrides, :data:`ABLATIONS`.
+are named sets of option overrides, :data:`grape.variants.ABLATIONS`. A model variant
+trains on the graph variant its resolved ``modalities`` and ``biotype`` need
+(:func:`grape.variants.model_graph_variant`: the text-only model on the graph whose
+prior comes from text alone, the no-biotype model on the graph of one node type);
+:func:`check_graph` refuses another graph.
 
-Outputs: ``model.safetensors`` (``state_dict``), ``model.yaml`` (resolved options and
-shapes, enough for :func:`load_model`), ``history.tsv`` (per epoch), ``predictions.h5ad``
-(every (context, condition) row: obs ``condition``, ``context``, ``split``, ``subgroup``; the
-obs name is the condition with one context, ``condition | context`` with several; var: the
-kept measured features) and ``network.tsv`` (the learned network of the first context,
+Outputs of the train stage (:mod:`grape.stages.train`): ``model.safetensors``
+(``state_dict``), ``model.yaml`` (resolved options and shapes, enough for
+:func:`load_model`), ``history.tsv`` (per epoch), ``predictions.h5ad`` (every (context,
+condition) row: obs ``condition``, ``context``, ``split``, ``subgroup``; the obs name is
+the condition with one context, ``condition | context`` with several; var: the kept
+measured features) and ``network.tsv`` (the learned network of the first context,
 :mod:`grape.graph.network`).
 """
 
@@ -58,93 +63,34 @@ import yaml
 from tqdm import tqdm
 
 from grape import __version__
-from grape.io.files import atomic_path, write_text_atomic
-from grape.stages import PathArg
 from grape.data.dataset import (
     DatasetError,
     DatasetOptions,
     condition_genes,
     gene_symbols,
     pseudobulk_by_context,
-    read_dataset,
     row_names,
 )
-from grape.features.embed import choose_device
-from grape.graph.build import Graph, coexpression_edges, load_graph, merge_edges, prior_edges
+from grape.graph.build import Graph, coexpression_edges, merge_edges, zscore_columns
 from grape.annotation.identity import GeneIdentity
 from grape.model.gnn import GRAPE, MODALITIES, GraphTensors, ModelConfig
-from grape.data.split import read_split
+from grape.variants import ABLATIONS, graph_variant_for
+from grape.options import options_class
 
 log = logging.getLogger(__name__)
-
-CLI_PATHS = {
-    "dataset": PathArg("single-cell h5ad (GEARS contract)"),
-    "graph": PathArg("graph from `grape graph` (.safetensors)"),
-    "split": PathArg("split table from `grape split` (condition, split, subgroup)"),
-    "mapping": PathArg("mapping.tsv from `grape annotate` (gene label -> node, excluded features)", required=False),
-    "out_dir": PathArg("output directory: model.safetensors, model.yaml, history.tsv, predictions.h5ad, network.tsv"),
-}
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("none", "cosine", "plateau")
 SELECT_METRICS = ("val_mse", "val_pearson_delta")
 
-#: Model variants: each ablation is a set of option overrides on the full model.
-ABLATIONS: dict[str, dict] = {
-    "no_biotype": {"biotype": False},
-    "no_gsl": {"gsl": False},
-    "text_only": {"modalities": ["text"]},
-    "dna_only": {"modalities": ["dna"]},
-    "no_pretraining": {"pretrain_epochs": 0},
-    "joint_doubles": {"doubles": "joint"},
-}
 
-
+# Bases listed last section first: a dataclass's fields follow the reversed MRO (dataset, then train).
 @dataclass(frozen=True)
-class Options(DatasetOptions):
-    """Options of the train stage (config sections ``dataset`` and ``train``)."""
+class Options(options_class("train"), DatasetOptions):
+    """Options of the train stage (config sections ``dataset`` and ``train``; ``train.ablations`` is the
+    workflow's, which trains each listed variant as its own job with ``ablation`` set)."""
 
-    seed: int = field(default=0, metadata={"help": "seed of initialisation, batching, dropout and sampling"})
-    epochs: int = field(default=300, metadata={"help": "maximum number of epochs"})
-    patience: int = field(default=60, metadata={"help": "stop after this many epochs without a better validation score"})
-    batch_size: int = field(default=16, metadata={"help": "conditions per optimisation step"})
-    optimizer: str = field(default="adamw", metadata={"help": "adamw, adam or sgd (momentum 0.9)"})
-    lr: float = field(default=3e-3, metadata={"help": "learning rate"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "weight decay"})
-    schedule: str = field(default="cosine", metadata={"help": "learning-rate schedule: none, cosine (over epochs), plateau"})
-    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm (0: off)"})
-    hidden: int = field(default=64, metadata={"help": "hidden size"})
-    layers: int = field(default=2, metadata={"help": "heterogeneous message-passing layers"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout"})
-    modalities: list[str] = field(default_factory=lambda: list(MODALITIES),
-                                  metadata={"help": "gene feature modalities the model reads: text, dna"})
-    biotype: bool = field(default=True, metadata={"help": "node types by biotype group (false: one node type)"})
-    gsl: bool = field(default=True, metadata={"help": "graph structure learning (false: prior graph only)"})
-    gsl_layers: int = field(default=2, metadata={"help": "GCN layers (views) of the structure learner"})
-    gsl_heads: int = field(default=4, metadata={"help": "similarity heads per view"})
-    gsl_k: int = field(default=10, metadata={"help": "learned edges per gene (incoming)"})
-    gsl_prior_weight: float = field(default=0.5, metadata={"help": "weight of the prior graph in the mixed graph"})
-    gsl_refresh: int = field(default=10,
-                             metadata={"help": "training steps between two top-k searches of the learned graph"})
-    global_context: bool = field(default=True, metadata={"help": "a gated path from the perturbation to every gene"})
-    doubles: str = field(default="additive", metadata={"help": "additive: singles' sum + learned interaction; joint: inject both"})
-    observed_singles: bool = field(
-        default=True,
-        metadata={"help": "additive doubles use a single's observed change when it is a training or validation condition"})
-    pretrain_epochs: int = field(default=20, metadata={"help": "contrastive text-DNA alignment epochs (0: none)"})
-    pretrain_batch_size: int = field(default=256, metadata={"help": "genes per alignment step"})
-    temperature: float = field(default=0.5, metadata={"help": "temperature of the alignment loss"})
-    loss_mse: float = field(default=1.0, metadata={"help": "weight of the MSE on expression"})
-    loss_huber: float = field(default=1.0, metadata={"help": "weight of the Huber loss on the change from control"})
-    huber_delta: float = field(default=0.5, metadata={"help": "Huber threshold"})
-    loss_direction: float = field(default=0.0, metadata={"help": "weight of the direction term (GEARS)"})
-    loss_graph: float = field(default=0.1, metadata={"help": "weight of the graph regulariser toward the prior"})
-    coexpression_k: int = field(default=0, metadata={"help": "co-expression edges per gene from training conditions (0: none)"})
-    coexpression_min: float = field(default=0.5, metadata={"help": "smallest |correlation| of a co-expression edge"})
-    select_metric: str = field(default="val_pearson_delta",
-                               metadata={"help": "model selection: val_pearson_delta (mean per condition) or val_mse"})
-    network_k: int = field(default=10, metadata={"help": "incoming edges per gene in the exported network"})
-    device: str = field(default="auto", metadata={"help": "torch device: auto, cpu, cuda, cuda:1"})
+    # Not a config key: the workflow sets it per job from the {variant} wildcard (train.ablations).
     ablation: str = field(default="", metadata={"help": f"model variant: '' (full) or one of {', '.join(ABLATIONS)}"})
 
     def __post_init__(self) -> None:
@@ -155,7 +101,7 @@ class Options(DatasetOptions):
                 raise ValueError(f"train.{name} must be one of {', '.join(allowed)}, not {value!r}")
         if self.ablation and self.ablation not in ABLATIONS:
             raise ValueError(f"unknown ablation {self.ablation!r} (known: {', '.join(ABLATIONS)})")
-        ModelConfig(modalities=tuple(self.modalities), doubles=self.doubles)  # checks both
+        self.model_config()  # checks the model's options (doubles, modalities)
 
     def resolved(self) -> Options:
         """The options with the ablation's overrides applied."""
@@ -164,77 +110,50 @@ class Options(DatasetOptions):
         return dataclasses.replace(self, **ABLATIONS[self.ablation])
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(
-            hidden=self.hidden, layers=self.layers, dropout=self.dropout, modalities=tuple(self.modalities),
-            gsl=self.gsl, gsl_layers=self.gsl_layers, gsl_heads=self.gsl_heads, gsl_k=self.gsl_k,
-            gsl_prior_weight=self.gsl_prior_weight, gsl_refresh=self.gsl_refresh, global_context=self.global_context,
-            doubles=self.doubles,
-            observed_singles=self.observed_singles, temperature=self.temperature,
-        )
+        """The model's architecture: every :class:`ModelConfig` field these options have (its internal
+        constants keep their defaults)."""
+        mine = {f.name for f in dataclasses.fields(self)}
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig) if f.name in mine})
 
 
 # --------------------------------------------------------------------------- inputs
 
 
-def _zscore(x: torch.Tensor) -> torch.Tensor:
-    return (x - x.mean(0, keepdim=True)) / x.std(0, keepdim=True).clamp(min=1e-6)
+def check_graph(graph: Graph, options: Options, *, source: str = "the graph") -> None:
+    """Refuse a graph variant other than the one the (resolved) options need.
 
-
-def graph_tensors(
-    graph: Graph, control: np.ndarray, measured: np.ndarray, *, biotype: bool = True,
-    modalities: tuple[str, ...] | list[str] = MODALITIES,
-) -> GraphTensors:
-    """Global-order features, node types and prior edges of a loaded graph.
-
-    Modalities: text and DNA features z-scored per column; context: the z-scored control
-    level and the measured flag. ``control`` is ``[N]`` (one context: context ``[N, 2]``) or
-    ``[K, N]`` for K cell states (context ``[K, N, 2]``; the level z-scored over all states
-    together, so the states' differences stay visible). Without ``biotype`` every gene has one node type. When
-    the model reads a subset of the modalities and the graph stored its options, the
-    prior is rebuilt from that subset, so an ablation sees no other modality through the
-    graph.
+    A model that reads a subset of the modalities trains on the graph whose prior comes
+    from that subset; ``biotype`` false needs the graph of one node type
+    (:func:`grape.variants.model_graph_variant`).
     """
-    data = graph.data
-    n = len(graph.genes)
-    types = tuple(data.node_types)
-    text = torch.zeros(n, data[types[0]].x_text.shape[1])
-    dna = torch.zeros(n, data[types[0]].x_dna.shape[1])
-    node_type = torch.zeros(n, dtype=torch.long)
-    for i, t in enumerate(types):
-        gid = data[t].global_id
-        text[gid], dna[gid], node_type[gid] = data[t].x_text, data[t].x_dna, i
+    needed = graph_variant_for(modalities=options.modalities, biotype=options.biotype)
+    if graph.variant != needed:
+        raise ValueError(f"{source} is graph variant {graph.variant!r}, but model variant "
+                         f"{options.ablation or 'full'} (modalities {'+'.join(options.modalities)}, biotype "
+                         f"{str(options.biotype).lower()}) trains on graph variant {needed!r}: "
+                         f"build it with `grape graph --variant {needed}`")
+
+
+def graph_tensors(graph: Graph, control: np.ndarray, measured: np.ndarray) -> GraphTensors:
+    """The model's input: the graph's features z-scored per column, its node types and prior edges, and
+    the expression context of every gene.
+
+    The context is the z-scored control level and the measured flag. ``control`` is ``[N]``
+    (one context: context ``[N, 2]``) or ``[K, N]`` for K cell states (context ``[K, N, 2]``;
+    the level z-scored over all states together, so the states' differences stay visible).
+    """
+    n = graph.num_nodes
     level = torch.as_tensor(control, dtype=torch.float32)
     flag = torch.as_tensor(measured, dtype=torch.float32)
     if level.dim() == 1:
-        context = torch.cat([_zscore(level.unsqueeze(1)), flag.unsqueeze(1)], dim=1)
+        context = torch.cat([zscore_columns(level.unsqueeze(1)), flag.unsqueeze(1)], dim=1)
     else:
         k = level.shape[0]
-        context = torch.cat([_zscore(level.reshape(-1, 1)).reshape(k, n, 1),
+        context = torch.cat([zscore_columns(level.reshape(-1, 1)).reshape(k, n, 1),
                              flag.expand(k, n).unsqueeze(-1)], dim=-1)
-    src, dst, weight = [], [], []
-    for edge_type in data.edge_types:
-        s, _, d = edge_type
-        ei = data[edge_type].edge_index
-        src.append(data[s].global_id[ei[0]])
-        dst.append(data[d].global_id[ei[1]])
-        weight.append(data[edge_type].edge_weight)
-    edge_index = torch.stack([torch.cat(src), torch.cat(dst)]) if src else torch.empty((2, 0), dtype=torch.long)
-    edge_weight = torch.cat(weight) if weight else torch.empty(0)
-    features = {"text": _zscore(text), "dna": _zscore(dna)}
-    if set(modalities) != set(MODALITIES):
-        if graph.options:
-            opts = graph.options
-            edge_index, edge_weight = prior_edges(
-                [features[m] for m in modalities], top_k=opts["top_k"], min_similarity=opts["min_similarity"],
-                chunk_size=opts["chunk_size"], fusion=opts.get("fusion", "mean"),
-            )
-            log.info("prior graph rebuilt from %s only: %d edges", "+".join(modalities), edge_index.shape[1])
-        else:
-            log.warning("the graph file has no stored options: the prior keeps every modality")
-    if not biotype:
-        node_type = torch.zeros(n, dtype=torch.long)
-        types = ("gene",)
-    return GraphTensors(features, context, node_type, types, edge_index, edge_weight.float())
+    features = {m: zscore_columns(x.float()) for m, x in graph.modalities.items()}
+    return GraphTensors(features, context, graph.node_type, tuple(graph.node_types), graph.edge_index,
+                        graph.edge_weight.float())
 
 
 @dataclass(frozen=True)
@@ -638,48 +557,52 @@ def add_coexpression(tensors: GraphTensors, problem: Problem, train_conditions: 
     return dataclasses.replace(tensors, edge_index=edge_index, edge_weight=weight)
 
 
-def run(*, options: Options, dataset: Path, graph: Path, split: Path, out_dir: Path,
-        mapping: Path | None = None) -> None:
-    """Train, and write the model, the log, predictions and the learned network.
+@dataclass(frozen=True)
+class Trained:
+    """A trained model and what the train stage writes of it."""
 
-    ``mapping``: ``annotate/mapping.tsv`` (the workflow always passes it); without it every
-    dataset label is its own node key and no feature is excluded.
+    model: GRAPE
+    tensors: GraphTensors  # the model's input graph (prior plus co-expression edges), on the CPU
+    history: pd.DataFrame  # one row per epoch
+    facts: dict  # best_epoch, pretrain_loss
+    predictions: np.ndarray  # [R, G] predicted mean expression of every row of the problem
+    network: pd.DataFrame  # the learned network of the first context (grape.graph.network.export_network)
+    device: str
+
+
+def train_model(problem: Problem, graph: Graph, split: pd.DataFrame, *, options: Options,
+                device: str = "cpu") -> Trained:
+    """Train on ``problem`` over ``graph`` (its variant checked), predict every row, export the network.
+
+    ``options`` are the resolved options (:meth:`Options.resolved`); co-expression edges
+    (``coexpression_k``) come from the training conditions of ``split`` only.
     """
     from grape.graph.network import export_network
 
-    out_dir = Path(out_dir)
-    options = options.resolved()
-    identity = GeneIdentity.read(mapping) if mapping is not None else None
-    adata = read_dataset(dataset, options=options)
-    loaded = load_graph(Path(graph))
-    problem = build_problem(adata, loaded, options=options, identity=identity)
-    split = read_split(split, list(dict.fromkeys(problem.conditions)))
-    control, measured_flag = control_by_node(problem, len(loaded.genes))
-    tensors = graph_tensors(loaded, control, measured_flag, biotype=options.biotype, modalities=options.modalities)
+    check_graph(graph, options)
+    control, measured_flag = control_by_node(problem, graph.num_nodes)
+    tensors = graph_tensors(graph, control, measured_flag)
     if options.coexpression_k > 0:
         train_conditions = split.loc[split["split"] == "train", "condition"].tolist()
         tensors = add_coexpression(tensors, problem, train_conditions, options=options)
-    device = choose_device(options.device)
-    log.info("training %s on %s: %d nodes, %d prior edges, %d relations, %d conditions in %d context(s)",
-             options.ablation or "full model", device, tensors.num_nodes, tensors.edge_index.shape[1],
-             len(tensors.relations), len(dict.fromkeys(problem.conditions)), len(problem.contexts))
+    log.info("training %s on %s: graph variant %s, %d nodes, %d prior edges, %d relations, %d conditions in "
+             "%d context(s)", options.ablation or "full model", device, graph.variant, tensors.num_nodes,
+             tensors.edge_index.shape[1], len(tensors.relations), len(dict.fromkeys(problem.conditions)),
+             len(problem.contexts))
     model, history, facts = fit(problem, tensors, split, options=options, device=device)
     predictions = predict(model, problem, tensors, device=device)
-    network = export_network(model, tensors.to(device), genes=loaded.genes, biotypes=loaded.biotypes,
+    network = export_network(model, tensors.to(device), genes=graph.genes, biotypes=graph.biotypes,
                              k=options.network_k)
+    return Trained(model, tensors, history, facts, predictions, network, str(device))
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "history.tsv") as tmp:
-        history.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    with atomic_path(out_dir / "network.tsv") as tmp:
-        network.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    from safetensors.torch import save_file
 
-    with atomic_path(out_dir / "model.safetensors") as tmp:
-        save_file({k: v.contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+def model_record(trained: Trained, problem: Problem, *, options: Options, graph_variant: str) -> dict:
+    """The content of ``model.yaml``: resolved options and shapes (enough for :func:`load_model`), the best epoch."""
+    model, tensors, history, facts = trained.model, trained.tensors, trained.history, trained.facts
     best = history.loc[history["epoch"] == facts["best_epoch"]].iloc[0]
-    write_text_atomic(out_dir / "model.yaml", yaml.safe_dump({
+    return {
         "grape_version": __version__, "model": "GRAPE", "variant": options.ablation or "full",
+        "graph_variant": graph_variant,
         "options": dataclasses.asdict(options),
         "model_config": {**dataclasses.asdict(model.config), "modalities": list(model.config.modalities)},
         "num_nodes": tensors.num_nodes, "modality_dims": {k: int(v.shape[1]) for k, v in tensors.modalities.items()},
@@ -688,13 +611,15 @@ def run(*, options: Options, dataset: Path, graph: Path, split: Path, out_dir: P
         "relations": [list(r) for r in tensors.relations], "prior_edges": int(tensors.edge_index.shape[1]),
         "best_epoch": int(facts["best_epoch"]), "best_val_mse": float(best["val_mse"]),
         "best_val_pearson_delta": float(best["val_pearson_delta"]),
-        "pretrain_loss": facts["pretrain_loss"], "device": str(device),
-    }, sort_keys=False))
+        "pretrain_loss": facts["pretrain_loss"], "device": trained.device,
+    }
+
+
+def prediction_table(problem: Problem, split: pd.DataFrame, predictions: np.ndarray) -> ad.AnnData:
+    """``predictions.h5ad``: every (context, condition) row with obs condition, context, split, subgroup."""
     split_of = split.set_index("condition")
     obs = pd.DataFrame({"condition": problem.conditions, "context": problem.row_contexts,
                         "split": split_of.loc[problem.conditions, "split"].to_numpy(),
                         "subgroup": split_of.loc[problem.conditions, "subgroup"].to_numpy()},
                        index=pd.Index(row_names(problem.conditions, problem.row_contexts)))
-    pred = ad.AnnData(X=predictions.astype(np.float32), obs=obs, var=pd.DataFrame(index=problem.var_names))
-    with atomic_path(out_dir / "predictions.h5ad") as tmp:
-        pred.write_h5ad(tmp)
+    return ad.AnnData(X=predictions.astype(np.float32), obs=obs, var=pd.DataFrame(index=problem.var_names))
