@@ -10,12 +10,15 @@ of an epoch) and no early stop; the figure is the median of ``history.tsv``'s ``
 
     git worktree add /tmp/grape-da19230 da19230     # or: git archive da19230 | tar -x -C /tmp/grape-da19230
     .venv/bin/python bench/train_speed.py speed --old /tmp/grape-da19230 --out bench/train_speed.tsv
+    .venv/bin/python bench/train_speed.py speed --old <checkout> --kinds carpool random --old-epochs 3 --new-epochs 3
     .venv/bin/python bench/train_speed.py scaling --out bench/train_scaling.tsv
     .venv/bin/python bench/train_speed.py metrics --old /tmp/grape-da19230 --seeds 0 1 2 --out bench/train_metrics.tsv
     .venv/bin/python bench/train_speed.py metrics --seeds 0 1 2 --out bench/train_refresh_metrics.tsv
     .venv/bin/python bench/train_speed.py profile --code . --kind carpool
 
-``worker`` (internal) trains one code on one saved input and prints one JSON line.
+``worker`` (internal) trains one code on one saved input and prints one JSON line. The old code may
+have either package layout: ``grape.model.train`` / ``grape.model.gnn``, or da19230's flat
+``grape.train`` / ``grape.model`` (:func:`_train_module`).
 """
 
 from __future__ import annotations
@@ -33,14 +36,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _train_module():
+    """The training module and ``GraphTensors`` of the code on ``sys.path``: ``grape.model.train`` and
+    ``grape.model.gnn`` (the package layout since the sub-packages), or ``grape.train`` and
+    ``grape.model`` (da19230's flat layout)."""
+    try:
+        from grape.model import train
+        from grape.model.gnn import GraphTensors
+    except ImportError:
+        from grape import train
+        from grape.model import GraphTensors
+    return train, GraphTensors
+
+
 def _problem_and_graph(inputs: dict):
     """The Problem, GraphTensors and split table of the code on ``sys.path`` (old and new field names)."""
     import pandas as pd
     import torch
 
-    from grape.model import train
-    from grape.model.gnn import GraphTensors
-
+    train, GraphTensors = _train_module()
     fields = train.Problem.__dataclass_fields__
     common = dict(conditions=inputs["conditions"], perturbed=inputs["perturbed"], delta=inputs["delta"],
                   measured_nodes=inputs["measured_nodes"], var_names=[inputs["nodes"][i] for i in
@@ -65,7 +79,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from grape.model import train
+    train, _ = _train_module()
 
     inputs = torch.load(args.inputs, weights_only=False)
     problem, graph, split = _problem_and_graph(inputs)
@@ -151,8 +165,11 @@ def speed(args: argparse.Namespace) -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for kind, genes, old_epochs, new_epochs in (("demo", 300, 10, 10), ("carpool", 2000, args.old_epochs, 10),
-                                                    ("random", 5000, args.old_epochs, 10)):
+        for kind, genes, old_epochs, new_epochs in (("demo", 300, 10, 10),
+                                                    ("carpool", 2000, args.old_epochs, args.new_epochs),
+                                                    ("random", 5000, args.old_epochs, args.new_epochs)):
+            if kind not in args.kinds:
+                continue
             path = _inputs(kind, genes, Path(tmp))
             load = _load()
             old, new = _launch(Path(args.old), path, epochs=old_epochs), _launch(ROOT, path, epochs=new_epochs)
@@ -253,6 +270,9 @@ def main() -> None:
     s = sub.add_parser("speed")
     s.add_argument("--old", required=True, help="checkout of the old code (commit da19230)")
     s.add_argument("--old-epochs", type=int, default=3)
+    s.add_argument("--new-epochs", type=int, default=10)
+    s.add_argument("--kinds", nargs="+", default=["demo", "carpool", "random"],
+                   help="problems to run (demo carpool random)")
     s.add_argument("--out", type=Path)
     c = sub.add_parser("scaling")
     c.add_argument("--genes", type=int, nargs="+", default=[2000, 5000, 10000, 20000])

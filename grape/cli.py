@@ -32,7 +32,7 @@ STAGES: dict[str, str] = {
     "annotate": "gene table and sequences from an Ensembl GTF + cDNA/ncRNA FASTA via pyensembl",
     "describe": "one description text per gene, with its source",
     "embed": "text (language model) and DNA (k-mer profile) features per gene, cached by content",
-    "graph": "assemble the biotype heterograph (PyTorch Geometric HeteroData)",
+    "graph": "assemble the biotype heterograph (the tensors the model reads) for one graph variant",
     "split": "seeded train / validation / test split: GEARS simulation, a user table, or leave one gene out",
     "train": "train GRAPE (or an ablation) on the training conditions; export its learned network",
     "network": "precision at k of learned and prior networks against a true network (demo)",

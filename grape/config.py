@@ -171,10 +171,24 @@ def validate_config(
 
 
 def _check_paths(instance: Any, schema: dict[str, Any], base: Path, path: tuple[str, ...]) -> None:
+    """Check the ``existing-file`` / ``existing-dir`` keys, also inside mappings of objects
+    (``additionalProperties``: ``graph.priors.<name>.path``) and lists (``key[i]``)."""
     if isinstance(instance, MutableMapping):
-        for name, sub in schema.get("properties", {}).items():
+        properties = schema.get("properties", {})
+        for name, sub in properties.items():
             if name in instance:
                 _check_paths(instance[name], sub, base, (*path, name))
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for name in instance:
+                if name not in properties:
+                    _check_paths(instance[name], extra, base, (*path, str(name)))
+        return
+    if isinstance(instance, list):
+        items = schema.get("items")
+        if isinstance(items, dict) and path:
+            for i, item in enumerate(instance):
+                _check_paths(item, items, base, (*path[:-1], f"{path[-1]}[{i}]"))
         return
     fmt = schema.get("format")
     if instance is None or fmt not in {"existing-file", "existing-dir"}:

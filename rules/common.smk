@@ -313,12 +313,25 @@ def graph_variant_names():
 def graph_variant(wildcards):
     """The graph variant model variant {variant} trains on, from its resolved train.modalities and
     train.biotype (grape.variants.model_graph_variant): no_gsl and the others share the full graph."""
-    return grape_variants.model_graph_variant(wildcards.variant, config["train"])
+    name = grape_variants.model_graph_variant(wildcards.variant, config["train"])
+    if name == "priors_only" and not config["graph"]["priors"]:
+        raise ValueError("train.ablations lists priors_only (the prior sources alone), but graph.priors is empty")
+    return name
 
 
 def graph_file(wildcards):
     """The graph that model variant {variant} trains on: results/<run>/graph/<graph variant>/graph.safetensors."""
     return f"{RESULTS}/graph/{graph_variant(wildcards)}/graph.safetensors"
+
+
+def prior_files(wildcards=None):
+    """The files of the prior sources (graph.priors, name -> {kind, path, ...}) the graph stage fuses, by
+    name: the graph rule's inputs, so that a changed file rebuilds the graphs. The graph variant
+    no_prior_sources reads none of them."""
+    if wildcards is not None and not grape_variants.GRAPH_VARIANTS[wildcards.graph_variant].sources:
+        return []
+    priors = config["graph"]["priors"]
+    return [priors[name]["path"] for name in sorted(priors)]
 
 
 # --- failures ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ rule graph:
         descriptions=rules.describe.output[0],
         text=rules.embed.output.text,
         dna=rules.embed.output.dna,
+        priors=prior_files,
     output:
         f"{RESULTS}/graph/{{graph_variant}}/graph.safetensors",
     params:

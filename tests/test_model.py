@@ -446,12 +446,19 @@ def test_aggregation_equals_index_add_and_has_exact_gradients():
     n, relations = 9, 4
     key = torch.randint(n * n, (40,), generator=g).unique()
     src, dst = key % n, key // n
-    relation = torch.randint(relations, (len(key),), generator=g)
-    plan = aggregation_plan(src, dst, relation, n, relations, torch.randint(2, (n,), generator=g), 2)
+    node_type = torch.randint(2, (n,), generator=g)
+    relation = node_type[src] * 2 + node_type[dst]
+    plan = aggregation_plan(src, dst, relation, n, relations, node_type, 2)
+    # a block per relation, a row for each node of its target type (in type order)
+    counts = torch.bincount(node_type, minlength=2).tolist()
+    assert plan.block_sizes == (counts[0], counts[1], counts[0], counts[1]) and plan.num_rows == 2 * n
+    rank = torch.stack([(node_type[:i] == node_type[i]).sum() for i in range(n)])
+    offset = torch.tensor([0, counts[0], n, n + counts[0]])
+    torch.testing.assert_close(plan.rows(relation, dst), offset[relation] + rank[dst])
     values = torch.rand(len(key), generator=g, dtype=torch.double).requires_grad_()
     x = torch.randn(n, 5, generator=g, dtype=torch.double).requires_grad_()
-    dense = torch.zeros(n * relations, 5, dtype=torch.double).index_add(0, dst * relations + relation,
-                                                                        values[:, None] * x[src])
+    dense = torch.zeros(2 * n, 5, dtype=torch.double).index_add(0, offset[relation] + rank[dst],
+                                                                values[:, None] * x[src])
     torch.testing.assert_close(aggregate(values, x, plan), dense)
     assert torch.autograd.gradcheck(lambda v, y: aggregate(v, y, plan), (values, x))
 
@@ -506,6 +513,35 @@ def test_evaluation_reuses_the_search_until_the_parameters_change():
     assert model.structure_learner._eval_index is not index
     assert changed["src"].shape == first["src"].shape
 
+
+
+def test_validation_in_the_training_graph_reuses_the_training_search():
+    graph = tiny_graph(n=23)
+    for refresh in (3, 1):
+        model = make_model(graph=graph, gsl_refresh=refresh).train()
+        learner = model.structure_learner
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        optimizer.zero_grad()
+        model(graph, BATCH).pow(2).mean().backward()
+        optimizer.step()  # the parameters moved since the training search
+        (trained_index, _), = learner._train_index.values()
+        model.eval()
+        with model.training_graph():
+            inside = model.network(graph)
+        assert not learner.reuse_training_search
+        learned = inside["learned"]
+        if refresh > 1:  # the training's edges, weights from the current parameters; no search of its own
+            assert learner._eval_index == {}
+            pairs = set(zip(inside["src"][learned].tolist(), inside["dst"][learned].tolist()))
+            dst = torch.arange(graph.num_nodes).repeat_interleave(trained_index.shape[1])
+            assert pairs == set(zip(trained_index.reshape(-1).tolist(), dst.tolist()))
+        else:  # training searches every step: evaluation searches for the current parameters
+            assert len(learner._eval_index) == 1
+        outside = model.network(graph)  # predictions: a search of the current parameters
+        (_, searched), = learner._eval_index.values()
+        dst = torch.arange(graph.num_nodes).repeat_interleave(searched.shape[1])
+        pairs = set(zip(outside["src"][outside["learned"]].tolist(), outside["dst"][outside["learned"]].tolist()))
+        assert pairs == set(zip(searched.reshape(-1).tolist(), dst.tolist()))
 
 
 def test_loading_a_model_imports_neither_the_embedding_stage_nor_the_command_line():

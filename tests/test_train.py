@@ -305,3 +305,27 @@ def test_select_on_validation_pearson(inputs, tmp_path):
     history = pd.read_csv(tmp_path / "history.tsv", sep="\t")
     meta = yaml.safe_load((tmp_path / "model.yaml").read_text())
     assert meta["best_epoch"] == int(history.loc[history["val_pearson_delta"].idxmax(), "epoch"])
+
+
+def test_validation_interval(inputs, tmp_path):
+    dataset, graph, _ = inputs
+    opts = dataclasses.replace(OPTIONS, epochs=7, val_interval=3, pretrain_epochs=0)
+    train_stage.run(options=opts, dataset=dataset, graph=graph, split=dataset.parent / "split.tsv", out_dir=tmp_path)
+    history = pd.read_csv(tmp_path / "history.tsv", sep="\t")
+    validated = history.loc[history["val_mse"].notna(), "epoch"].tolist()
+    assert validated == [3, 6, 7]  # every third epoch and the last
+    assert history["seconds"].gt(0).all() and history["train_mse"].notna().all()
+    meta = yaml.safe_load((tmp_path / "model.yaml").read_text())
+    assert meta["best_epoch"] == int(history.loc[history["val_mse"].idxmin(), "epoch"])
+
+
+def test_patience_counts_epochs_between_validations(inputs, tmp_path, monkeypatch):
+    dataset, graph, _ = inputs
+    scores = iter([(1.0, 0.0), (2.0, 0.0), (3.0, 0.0), (4.0, 0.0)])  # val_mse worsens after the first
+    monkeypatch.setattr(train, "evaluate_rows", lambda *args, **kwargs: next(scores))
+    opts = dataclasses.replace(OPTIONS, epochs=20, val_interval=2, patience=4, pretrain_epochs=0)
+    train_stage.run(options=opts, dataset=dataset, graph=graph, split=dataset.parent / "split.tsv", out_dir=tmp_path)
+    history = pd.read_csv(tmp_path / "history.tsv", sep="\t")
+    # validations at epochs 2, 4, 6: the best at 2, and 6 - 2 = 4 epochs without a better one
+    assert history["epoch"].tolist() == list(range(1, 7))
+    assert yaml.safe_load((tmp_path / "model.yaml").read_text())["best_epoch"] == 2

@@ -13,10 +13,20 @@ similarity graph); the thresholded similarities are fused over modalities
 max); each gene keeps its ``top_k`` heaviest incoming edges. The edges of one relation
 (source group, target group) are listed together.
 
+Prior sources (``graph.priors``, :mod:`grape.graph.priors`: directed edge tables such as
+TF -> target, STRING-style undirected pairs, GMT gene-set co-membership by GEARS' Jaccard
+rule) are fused with it: each source's weights are normalised to (0, 1] and scaled by its
+``weight``, each source keeps its own ``top_k`` incoming edges per gene, and the parts are
+summed on shared (source, target) pairs. ``graph.similarity: false`` leaves the similarity
+prior out. Without sources (``priors: {}``) the graph is exactly the similarity graph.
+What each source matched (genes ignored, edges kept) is in the graph's metadata
+(:attr:`Graph.sources`).
+
 Graph variants (:data:`grape.variants.GRAPH_VARIANTS`) change the graph for the model
-variants that need their own: the prior from one modality only (built from that
-modality's column-z-scored features, the features the model reads), or one node type for
-every gene. The graph stage builds one file per variant.
+variants that need their own: the similarity prior from one modality only (built from that
+modality's column-z-scored features, the features the model reads; the prior sources stay),
+one node type for every gene, the similarity prior alone (``no_prior_sources``) or the prior
+sources alone (``priors_only``). The graph stage builds one file per variant.
 
 The file (:func:`save_graph`) holds plain tensors in global node order, :class:`Graph`:
 the features per modality, node types, the prior edges and their weights, with the gene
@@ -41,6 +51,7 @@ import pandas as pd
 import torch
 from torch_geometric.data import HeteroData
 
+from grape.graph import priors as prior_sources
 from grape.io.files import atomic_path
 from grape.options import options_class
 from grape.variants import GRAPH_VARIANTS, MODALITIES, SINGLE_NODE_TYPE
@@ -57,6 +68,7 @@ class Options(options_class("graph")):
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
             raise ValueError(f"graph.fusion must be one of {', '.join(FUSIONS)}, not {self.fusion!r}")
+        prior_sources.prior_sources(self.priors)  # keys and kinds of graph.priors checked before any file is read
 
 
 FUSIONS = ("mean", "max")
@@ -212,6 +224,7 @@ class Graph:
     edge_weight: torch.Tensor
     variant: str = "full"
     options: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)  # prior source name -> what it matched (grape.graph.priors)
 
     @property
     def num_nodes(self) -> int:
@@ -236,13 +249,16 @@ class Graph:
 def build_graph(
     nodes: pd.DataFrame, text: np.ndarray, dna: np.ndarray, *, options: Options, variant: str = "full"
 ) -> Graph:
-    """Build graph variant ``variant``; ``nodes`` has columns gene and biotype, rows aligned with the features.
+    """Build graph variant ``variant``; ``nodes`` has columns gene and biotype (optionally gene_id, which
+    prior sources may also name genes by), rows aligned with the features.
 
     The prior of a variant with both modalities is built from the features as given, its edges
     listed by biotype relation; that of a one-modality variant from the column-z-scored
     features of that modality (what the model reads), its edges in the order the search finds
     them. (These are the priors, and the edge orders, that training used when it rebuilt
-    the prior itself, so the models' predictions are unchanged to the last bit.)
+    the prior itself, so the models' predictions are unchanged to the last bit.) With prior
+    sources (``options.priors``) the parts are fused (:func:`grape.graph.priors.fuse_edges`)
+    and listed by biotype relation.
     """
     if variant not in GRAPH_VARIANTS:
         raise ValueError(f"unknown graph variant {variant!r} (known: {', '.join(GRAPH_VARIANTS)})")
@@ -258,10 +274,25 @@ def build_graph(
     index = {t: i for i, t in enumerate(group_types)}
     group_id = torch.tensor([index[g] for g in groups], dtype=torch.long)
     both = set(spec.modalities) == set(MODALITIES)
-    prior_input = [features[m] for m in MODALITIES] if both else [zscore_columns(features[m]) for m in spec.modalities]
-    edge_index, weight = prior_edges(prior_input, top_k=options.top_k, min_similarity=options.min_similarity,
-                                     chunk_size=options.chunk_size, fusion=options.fusion)
-    if both:
+    sources = (prior_sources.load_priors(options.priors, genes,
+                                         nodes["gene_id"].astype(str).tolist() if "gene_id" in nodes else None,
+                                         chunk_size=options.chunk_size)
+               if spec.sources and options.priors else [])
+    similarity = spec.similarity and options.similarity
+    if not similarity and not sources:
+        raise ValueError(f"graph variant {variant!r} with graph.similarity {str(options.similarity).lower()} "
+                         "and no graph.priors: the graph would have no prior edges")
+    if similarity:
+        prior_input = ([features[m] for m in MODALITIES] if both
+                       else [zscore_columns(features[m]) for m in spec.modalities])
+        edge_index, weight = prior_edges(prior_input, top_k=options.top_k, min_similarity=options.min_similarity,
+                                         chunk_size=options.chunk_size, fusion=options.fusion)
+    else:
+        edge_index, weight = torch.empty((2, 0), dtype=torch.long), torch.empty(0)
+    if sources:
+        edge_index, weight = prior_sources.fuse_edges(
+            [(edge_index, weight), *((s.edge_index, s.weight) for s in sources)], len(genes))
+    if both or sources:
         edge_index, weight = by_relation(edge_index, weight, group_id, len(group_types))
     if spec.biotype:
         node_type, node_types = group_id, tuple(group_types)
@@ -269,7 +300,8 @@ def build_graph(
         node_type, node_types = torch.zeros(len(genes), dtype=torch.long), (SINGLE_NODE_TYPE,)
     return Graph(genes=genes, biotypes=biotypes, modalities=features, node_type=node_type, node_types=node_types,
                  edge_index=edge_index, edge_weight=weight.float(), variant=variant,
-                 options={**dataclasses.asdict(options), "variant": variant})
+                 options={**dataclasses.asdict(options), "variant": variant},
+                 sources={s.name: s.record for s in sources})
 
 
 def to_heterodata(graph: Graph) -> HeteroData:
@@ -312,7 +344,8 @@ def save_graph(path: Path, graph: Graph) -> None:
                    edge_weight=graph.edge_weight.contiguous())
     meta = {"format": FORMAT, "genes": json.dumps(graph.genes), "biotypes": json.dumps(graph.biotypes),
             "node_types": json.dumps(list(graph.node_types)), "modalities": json.dumps(list(graph.modalities)),
-            "variant": graph.variant, "options": json.dumps(graph.options)}
+            "variant": graph.variant, "options": json.dumps(graph.options),
+            "sources": json.dumps(graph.sources)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
@@ -331,4 +364,4 @@ def load_graph(path: Path) -> Graph:
                  modalities={m: tensors[f"modality/{m}"] for m in json.loads(meta["modalities"])},
                  node_type=tensors["node_type"], node_types=tuple(json.loads(meta["node_types"])),
                  edge_index=tensors["edge_index"], edge_weight=tensors["edge_weight"], variant=meta["variant"],
-                 options=json.loads(meta["options"]))
+                 options=json.loads(meta["options"]), sources=json.loads(meta.get("sources", "{}")))

@@ -17,7 +17,8 @@ let a full transcriptome fit:
   excite: a linear layer and a softmax). The fused similarity is a dot product of
   concatenated scaled unit vectors, so each gene's ``gsl_k`` most similar genes are found
   by the chunked top-k search of :func:`grape.graph.build.topk_similar`, in training every
-  ``gsl_refresh`` steps (the one cost quadratic in N); the selected edges' similarities are
+  ``gsl_refresh`` steps (the one cost quadratic in N; validation during training reuses the
+  last training search, :meth:`GRAPE.training_graph`); the selected edges' similarities are
   recomputed with gradients on every pass (a sampled sparse product, SDDMM). The learned graph is mixed with the
   prior, ``gsl_prior_weight * prior + (1 - gsl_prior_weight) * learned`` (each row
   normalised), and a regulariser pulls the similarity toward the prior: the squared error
@@ -31,8 +32,9 @@ let a full transcriptome fit:
   all conditions (and exportable); it is normalised over all incoming edges of a gene, with
   the edge's graph weight as a prior (``+ log w``). Condition states ``[N, S, hidden]``
   then flow through one CSR product for all relations over ``[N, S * hidden]`` (its
-  backward sparse as well, :class:`Aggregation`): no loop over conditions or relations, no
-  dense N x N matrix.
+  backward sparse as well, :class:`Aggregation`: a block per relation over the nodes of its
+  target type), then each target type's root and message weights as matrix products on
+  contiguous blocks: no loop over conditions, no dense N x N matrix, no layout copy of the states.
 * **Perturbations.** A perturbation embedding computed from the perturbed gene's own
   encoded features (so genes never perturbed in training get one) is added at the
   perturbed node; its sum over the condition's genes also reaches every gene through a
@@ -60,8 +62,11 @@ let a full transcriptome fit:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -182,11 +187,15 @@ def canonical_sets(perturbed: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Aggregation:
-    """CSR plan of ``out[dst * R + rel] += value * x[src]`` over a fixed edge list (built once per graph).
+    """CSR plan of ``out[row(rel, dst)] += value * x[src]`` over a fixed edge list (built once per graph).
 
-    ``order`` puts the edges in CSR order (by row ``dst * R + rel``, then source); the transpose
-    (rows: sources) serves the gradient with respect to ``x``. Node types: ``type_order``
-    lists the nodes grouped by type (``type_counts`` of each), ``type_inverse`` undoes it.
+    Rows come in one block per relation (relation-major); relation ``rel`` = source type * T +
+    target type has a row for each node of its target type, in type order
+    (``block_offset[rel] + type_rank[dst]``), so its output is one contiguous block and no row of
+    a block is empty by construction (``T * N`` rows in all, not ``R * N``). ``order`` puts the
+    edges in CSR order (by row, then source); the transpose (rows: sources) serves the gradient
+    with respect to ``x``. Node types: ``type_order`` lists the nodes grouped by type
+    (``type_counts`` of each), ``type_inverse`` undoes it.
     """
 
     num_nodes: int
@@ -200,23 +209,43 @@ class Aggregation:
     type_order: Tensor
     type_counts: tuple[int, ...]
     type_inverse: Tensor
+    block_sizes: tuple[int, ...]  # rows of each relation's block: the node count of its target type
+    type_rank: Tensor  # [N] position of each node among the nodes of its type
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.block_sizes)
+
+    def rows(self, relation: Tensor, dst: Tensor) -> Tensor:
+        """The output row of each (relation, target) pair."""
+        offset = torch.tensor((0, *self.block_sizes[:-1]), device=dst.device).cumsum(0)
+        return offset[relation] + self.type_rank[dst]
 
 
 def aggregation_plan(src: Tensor, dst: Tensor, relation: Tensor, num_nodes: int, num_relations: int,
                      node_type: Tensor, num_types: int) -> Aggregation:
-    """The :class:`Aggregation` of edges ``src -> dst`` (unique pairs) of relation ``relation``."""
-    rows = num_nodes * num_relations
-    row = dst * num_relations + relation
+    """The :class:`Aggregation` of edges ``src -> dst`` (unique pairs) of relation ``relation``
+    (source type * ``num_types`` + target type)."""
+    type_order = torch.argsort(node_type, stable=True)
+    counts = tuple(torch.bincount(node_type, minlength=num_types).tolist())
+    type_inverse = torch.argsort(type_order)
+    starts = torch.tensor((0, *counts[:-1]), device=src.device).cumsum(0)
+    type_rank = type_inverse - starts[node_type]
+    blocks = tuple(counts[r % num_types] for r in range(num_relations))
+    empty = Aggregation(num_nodes, num_relations, *(src[:0],) * 6, type_order, counts, type_inverse, blocks,
+                        type_rank)
+    if len(dst) and bool((relation % num_types != node_type[dst]).any()):
+        raise ValueError("aggregation_plan: a relation's target type (relation % types) differs from its edge's")
+    row = empty.rows(relation, dst)
+    rows = empty.num_rows
     order = torch.argsort(row * num_nodes + src)
     crow = torch.zeros(rows + 1, dtype=torch.long, device=src.device)
     crow[1:] = torch.bincount(row, minlength=rows).cumsum(0)
     t_order = torch.argsort(src * rows + row)
     t_crow = torch.zeros(num_nodes + 1, dtype=torch.long, device=src.device)
     t_crow[1:] = torch.bincount(src, minlength=num_nodes).cumsum(0)
-    type_order = torch.argsort(node_type, stable=True)
-    counts = tuple(torch.bincount(node_type, minlength=num_types).tolist())
-    return Aggregation(num_nodes, num_relations, crow, src[order], order, t_crow, row[t_order], t_order,
-                       type_order, counts, torch.argsort(type_order))
+    return dataclasses.replace(empty, crow=crow, col=src[order], order=order, t_crow=t_crow, t_col=row[t_order],
+                               t_order=t_order)
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
@@ -234,7 +263,7 @@ def _spmm(a: Tensor, x: Tensor) -> Tensor:
 
 
 class _Aggregate(torch.autograd.Function):
-    """Sparse product of the edge values (CSR, :class:`Aggregation`) with ``x [N, F]``: ``[N * R, F]``.
+    """Sparse product of the edge values (CSR, :class:`Aggregation`) with ``x [N, F]``: ``[plan.num_rows, F]``.
 
     Backward: ``A^T @ grad`` for ``x`` and the sampled product (SDDMM) at the edges for the
     values, so no dense ``N x N`` matrix is ever formed (the COO ``torch.sparse.mm`` forms one
@@ -243,7 +272,7 @@ class _Aggregate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, values: Tensor, x: Tensor, plan: Aggregation) -> Tensor:
-        rows = plan.num_nodes * plan.num_relations
+        rows = plan.num_rows
         a = _csr(plan.crow, plan.col, values[plan.order], (rows, plan.num_nodes))
         ctx.save_for_backward(values, x)
         ctx.plan = plan
@@ -253,7 +282,7 @@ class _Aggregate(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         values, x = ctx.saved_tensors
         plan: Aggregation = ctx.plan
-        rows = plan.num_nodes * plan.num_relations
+        rows = plan.num_rows
         grad = grad.contiguous()
         grad_values = grad_x = None
         if ctx.needs_input_grad[1]:
@@ -267,7 +296,7 @@ class _Aggregate(torch.autograd.Function):
 
 
 def aggregate(values: Tensor, x: Tensor, plan: Aggregation) -> Tensor:
-    """``out [N * R, F]`` with ``out[dst * R + rel] = sum of value * x[src]`` over the plan's edges."""
+    """``out [plan.num_rows, F]`` with ``out[plan.rows(rel, dst)] = sum of value * x[src]`` over the plan's edges."""
     return _Aggregate.apply(values, x, plan)
 
 
@@ -344,6 +373,7 @@ class StructureLearner(nn.Module):
         # selected edges: key -> [index, forwards since the search] (training) or (version, index) (eval)
         self._train_index: dict = {}
         self._eval_index: dict = {}
+        self.reuse_training_search = False  # evaluation takes the training's edges (GRAPE.training_graph)
         self.gcn = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(layers)])
         self.head_weight = nn.Parameter(1.0 + 0.1 * torch.randn(layers, heads, hidden))
         self.channel = nn.Linear(layers, layers)
@@ -374,7 +404,9 @@ class StructureLearner(nn.Module):
         In training the search runs on the first forward pass of ``key`` (graph and cell state) and
         then every ``refresh`` passes; in between the edges stay, their similarities (and so
         the gradients) come from the current vectors. In evaluation a search is reused while
-        ``version`` (the parameters' in-place versions) is unchanged, i.e. until the next update.
+        ``version`` (the parameters' in-place versions) is unchanged, i.e. until the next update;
+        with ``reuse_training_search`` (and ``refresh`` above 1) evaluation takes the edges of the
+        last training search of ``key`` instead, the graph the next training step would use.
         """
         if self.training:
             entry = self._train_index.get(key)
@@ -383,6 +415,10 @@ class StructureLearner(nn.Module):
                 self._train_index = {**{k: v for k, v in self._train_index.items() if k[:1] == key[:1]}, key: entry}
             entry[1] += 1
             return entry[0]
+        if self.reuse_training_search and self.refresh > 1:
+            entry = self._train_index.get(key)
+            if entry is not None and entry[0].shape[0] == u.shape[0]:
+                return entry[0]
         cached = self._eval_index.get(key)
         if version is not None and cached is not None and cached[0] == version and cached[1].shape[0] == u.shape[0]:
             return cached[1]
@@ -439,23 +475,31 @@ class RelationAttentionLayer(nn.Module):
     def forward(self, h: Tensor, node_type: Tensor, structure: Structure, alpha: Tensor) -> Tensor:
         """New condition states ``[N, S, hidden]`` from ``h`` (same shape).
 
-        Messages: one CSR product for all relations (rows ``dst * R + rel``), then the
-        relations' message weights in one matrix product; root: each node type's linear map
-        on its own nodes (grouped once per graph).
+        Messages: one CSR product for all relations (:class:`Aggregation`: a block per relation
+        with a row for each node of its target type, so each block is a contiguous
+        ``[N_t * S, hidden]`` matrix), then, per target type, its root weight and its relations'
+        message weights as matrix products on its nodes (grouped by type once per graph) and
+        blocks, summed: no layout copy of the states and no product on rows that get no message.
         """
         n, s, hid = h.shape
         r = self.message.shape[0]
         plan = structure.plan
         if plan is None:
             plan = aggregation_plan(structure.src, structure.dst, structure.relation, n, r, node_type, len(self.root))
-        gathered = aggregate(alpha, h.reshape(n, s * hid), plan).view(n, r, s, hid)
-        message = torch.einsum("nrsh,rhk->nsk", gathered, self.message)
-        if len(self.root) == 1:
-            root = self.root[0](h)
-        else:
-            parts = h.index_select(0, plan.type_order).split(list(plan.type_counts))
-            root = torch.cat([lin(part) for lin, part in zip(self.root, parts)]).index_select(0, plan.type_inverse)
-        update = nn.functional.gelu(root + message)
+        types = len(self.root)
+        flat = aggregate(alpha, h.reshape(n, s * hid), plan).view(-1, hid)
+        blocks = flat.split([size * s for size in plan.block_sizes])  # block r: [N_(r % T) * S, hidden]
+        grouped = h if types == 1 else h.index_select(0, plan.type_order)
+        parts = grouped.reshape(-1, hid).split([count * s for count in plan.type_counts])
+        out = []
+        for t, (root, part) in enumerate(zip(self.root, parts)):
+            message = blocks[t] @ self.message[t]
+            for rel in range(t + types, r, types):  # the relations into type t: source type * T + t
+                message = torch.addmm(message, blocks[rel], self.message[rel])
+            out.append(root(part) + message)  # root, then messages: the sums of the dense form, in its order
+        update = nn.functional.gelu(torch.cat(out) if types > 1 else out[0]).view(n, s, hid)
+        if types > 1:
+            update = update.index_select(0, plan.type_inverse)
         if update.stride() != h.stride():  # dropout draws its mask in memory order: keep the states' layout
             update = torch.empty_like(h).copy_(update)
         return self.norm(h + self.dropout(update))
@@ -559,6 +603,26 @@ class GRAPE(nn.Module):
 
     # ------------------------------------------------------------------ graph
 
+    @contextlib.contextmanager
+    def training_graph(self) -> Iterator[None]:
+        """Evaluation passes inside take the learned graph of training: the edges of the last search of
+        the training steps (their weights from the current parameters), not a search of their own.
+
+        This is the graph the next training step would use when ``gsl_refresh`` is above 1 (the
+        validation of :func:`grape.model.train.fit`); with ``gsl_refresh`` 1 training searches on
+        every step, so evaluation searches too and nothing changes. Outside, evaluation (predictions,
+        a loaded model) searches for the current parameters.
+        """
+        learner = self.structure_learner
+        if learner is None:
+            yield
+            return
+        previous, learner.reuse_training_search = learner.reuse_training_search, True
+        try:
+            yield
+        finally:
+            learner.reuse_training_search = previous
+
     def _version(self) -> tuple:
         """In-place versions of every parameter: changes with each optimiser step and state-dict load."""
         return tuple(p._version for p in self.parameters())
@@ -585,9 +649,11 @@ class GRAPE(nn.Module):
         lam = self.config.gsl_prior_weight
         values = torch.cat([lam * prior, (1 - lam) * row_normalized(ls, ld, sim, n)])
         cache_key = (*key, self.training)
-        topology = self._topology.get(cache_key)
-        # the cached topology holds the old learned edges, so a new search never reuses their address
-        if topology is None or topology[0].data_ptr() != ls.data_ptr() or topology[0].shape != ls.shape:
+        # the cached topology holds the old learned edges, so a new search never reuses their address;
+        # evaluation on the training's edges (training_graph) finds the training's topology
+        topology = next((t for t in (self._topology.get(cache_key), self._topology.get((*key, not self.training)))
+                         if t is not None and t[0].data_ptr() == ls.data_ptr() and t[0].shape == ls.shape), None)
+        if topology is None:
             src, dst = torch.cat([ps, ls]), torch.cat([pd, ld])
             unique, inverse = torch.unique(dst * n + src, return_inverse=True)
             src, dst = unique % n, unique // n

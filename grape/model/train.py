@@ -74,7 +74,7 @@ from grape.data.dataset import (
 from grape.graph.build import Graph, coexpression_edges, merge_edges, zscore_columns
 from grape.annotation.identity import GeneIdentity
 from grape.model.gnn import GRAPE, MODALITIES, GraphTensors, ModelConfig
-from grape.variants import ABLATIONS, graph_variant_for
+from grape.variants import ABLATIONS, NAMED_GRAPHS, graph_variant_for
 from grape.options import options_class
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,8 @@ def check_graph(graph: Graph, options: Options, *, source: str = "the graph") ->
     from that subset; ``biotype`` false needs the graph of one node type
     (:func:`grape.variants.model_graph_variant`).
     """
-    needed = graph_variant_for(modalities=options.modalities, biotype=options.biotype)
+    needed = NAMED_GRAPHS.get(options.ablation) or graph_variant_for(modalities=options.modalities,
+                                                                      biotype=options.biotype)
     if graph.variant != needed:
         raise ValueError(f"{source} is graph variant {graph.variant!r}, but model variant "
                          f"{options.ablation or 'full'} (modalities {'+'.join(options.modalities)}, biotype "
@@ -378,6 +379,11 @@ def fit(
     side effect of filling every new tensor's memory with NaN
     (``torch.utils.deterministic.fill_uninitialized_memory``) is switched off: it changes no
     result and took a third of an epoch's time.
+
+    Validation runs every ``val_interval`` epochs and after the last; it scores the model on
+    the learned graph of the last training search (:meth:`GRAPE.training_graph`: what the next
+    training step would use; with ``gsl_refresh`` 1 a search of its own, as training searches
+    every step). Patience counts epochs since the best validation.
     """
     import torch.utils.deterministic as deterministic
 
@@ -412,7 +418,7 @@ def _fit(
     perturbed = problem.perturbed.to(device)
     sign = -1.0 if options.select_metric == "val_mse" else 1.0
 
-    best, best_state, since, history = float("-inf"), None, 0, []
+    best, best_state, history = float("-inf"), None, []
     bar = tqdm(range(1, options.epochs + 1), desc="train", unit="epoch", file=sys.stderr, disable=None)
     for epoch in bar:
         start = time.perf_counter()
@@ -437,11 +443,16 @@ def _fit(
             optimizer.step()
             for key, value in {"loss": loss, **terms}.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value) * len(chunk)
-        val_mse, val_pearson = evaluate_rows(model, graph, perturbed, delta, measured, rows["val"].to(device),
-                                             row_context=row_context)
+        validate = epoch % options.val_interval == 0 or epoch == options.epochs
+        val_mse = val_pearson = float("nan")
+        if validate:
+            with model.training_graph():  # the learned graph of the last training search (gsl_refresh > 1)
+                val_mse, val_pearson = evaluate_rows(model, graph, perturbed, delta, measured,
+                                                     rows["val"].to(device), row_context=row_context)
         lr = optimizer.param_groups[0]["lr"]
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(val_mse)
+            if validate:
+                scheduler.step(val_mse)
         elif scheduler is not None:
             scheduler.step()
         n_train = len(rows["train"])
@@ -449,17 +460,18 @@ def _fit(
                   "train_graph": sums["graph"] / n_train, "val_mse": val_mse, "val_pearson_delta": val_pearson,
                   "lr": lr, "seconds": time.perf_counter() - start}
         history.append(record)
-        score = sign * record[options.select_metric]
-        if best_state is None or score > best + 1e-9:
-            best, since = score, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            facts["best_epoch"] = epoch
-        else:
-            since += 1
-        bar.set_postfix(val_mse=f"{val_mse:.4f}", val_r=f"{val_pearson:.3f}")
         if epoch == 1 or epoch % 25 == 0:
             log.info("epoch %d loss %.5f train_mse %.5f val_mse %.5f val_pearson_delta %.4f", epoch,
                      record["train_loss"], record["train_mse"], val_mse, val_pearson)
+        if not validate:
+            continue
+        score = sign * record[options.select_metric]
+        if best_state is None or score > best + 1e-9:
+            best = score
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            facts["best_epoch"] = epoch
+        since = epoch - facts["best_epoch"]  # epochs since the best validation (patience counts epochs)
+        bar.set_postfix(val_mse=f"{val_mse:.4f}", val_r=f"{val_pearson:.3f}")
         if since >= options.patience:
             log.info("early stop at epoch %d; best %s at epoch %d", epoch, options.select_metric, facts["best_epoch"])
             break

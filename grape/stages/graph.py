@@ -3,7 +3,10 @@
 Reads the node list (``descriptions.tsv``: gene, biotype) and the text and DNA features
 (``.npz`` from ``grape embed``, in the same gene order), builds graph variant ``--variant``
 (:func:`grape.graph.build.build_graph`, :data:`grape.variants.GRAPH_VARIANTS`) and writes it
-atomically (:func:`grape.graph.build.save_graph`).
+atomically (:func:`grape.graph.build.save_graph`). Prior sources come with their paths in
+``--priors`` (JSON: name -> {kind, path, ...}, config key ``graph.priors``), e.g.
+``--priors '{"tf": {"kind": "edges", "path": "tf_targets.tsv.gz"}}'``; the workflow lists
+their files as the rule's inputs, so a changed file rebuilds the graph.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ def run(*, options: Options, descriptions: Path, text: Path, dna: Path, out: Pat
         features[name] = vectors
     graph = build.build_graph(nodes, features["text"], features["dna"], options=options, variant=options.variant)
     counts = {t: int((graph.node_type == i).sum()) for i, t in enumerate(graph.node_types)}
+    parts = (["similarity of " + "+".join(graph.prior_modalities)] if options.similarity
+             and build.GRAPH_VARIANTS[graph.variant].similarity else []) + list(graph.sources)
     log.info("graph %s: %s nodes, %d prior edges from %s", graph.variant, counts,
-                   graph.edge_index.shape[1], "+".join(graph.prior_modalities))
+             graph.edge_index.shape[1], ", ".join(parts))
     build.save_graph(Path(out), graph)
