@@ -1,0 +1,138 @@
+"""Results over repeated splits: the mean per model and subgroup, and the paired difference
+of the model to each baseline with a bootstrap 95% interval.
+
+One split is noise: the field's papers disagree largely because each reports one. The input
+is the per-condition table of several splits (``evaluate/per_condition.tsv`` of each, with
+a ``split`` column naming the split it came from). For each model, subgroup and metric the
+summary gives the mean over splits of the per-split means (each split weighs the same,
+however many test conditions it holds); for each (model, baseline) pair it gives the mean
+paired difference, ``model - baseline`` on the same condition of the same split, signed so
+that a positive ``gain`` is always better (for a metric where lower is better the gain is
+``baseline - model``), with a percentile interval from a bootstrap that resamples splits,
+and conditions within each split, keeping the pairs together. "Better than the baseline"
+means the interval excludes zero.
+
+The headline (:func:`headline`) is "model minus best baseline": per subgroup and metric the
+baseline with the best mean is the one the model is compared with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+KEYS = ("split", "condition", "context")
+"""Columns that identify one test case: a condition of a split (and its context, when the run has several)."""
+
+
+def _keys(table: pd.DataFrame) -> list[str]:
+    return [k for k in KEYS if k in table.columns]
+
+
+def _check(table: pd.DataFrame, metrics: Sequence[str]) -> None:
+    missing = [c for c in ("split", "condition", "model", "subgroup", *metrics) if c not in table.columns]
+    if missing:
+        raise ValueError(f"per-condition table lacks column(s) {', '.join(missing)} (columns: {', '.join(table.columns)})")
+
+
+def _pairs(table: pd.DataFrame, model: str, baseline: str, metric: str, subgroup: str | None) -> pd.DataFrame:
+    """Per test case the model's and the baseline's value of ``metric`` (cases both have)."""
+    rows = table if subgroup is None else table[table["subgroup"] == subgroup]
+    keys = _keys(rows)
+    a = rows.loc[rows["model"] == model, [*keys, metric]].set_index(keys)[metric]
+    b = rows.loc[rows["model"] == baseline, [*keys, metric]].set_index(keys)[metric]
+    joined = pd.concat({"model": a, "baseline": b}, axis=1, join="inner").dropna()
+    return joined.reset_index()
+
+
+def split_weighted_mean(values: np.ndarray, split: np.ndarray) -> float:
+    """Mean over splits of each split's mean (each split weighs the same)."""
+    frame = pd.DataFrame({"v": values, "s": split})
+    return float(frame.groupby("s", sort=True)["v"].mean().mean())
+
+
+def paired_bootstrap(diff: np.ndarray, split: np.ndarray, *, n_boot: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float, float]:
+    """Mean paired difference (split-weighted) and its bootstrap interval.
+
+    Each replicate draws splits with replacement, then within each drawn split its cases with
+    replacement, and takes the split-weighted mean of the drawn differences; the interval is the
+    replicates' ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles. With one split only the
+    cases are resampled.
+    """
+    diff = np.asarray(diff, dtype=float)
+    split = np.asarray(split)
+    if diff.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    labels, index = np.unique(split, return_inverse=True)
+    groups = [diff[index == i] for i in range(len(labels))]
+    estimate = float(np.mean([g.mean() for g in groups]))
+    rng = np.random.default_rng(seed)
+    reps = np.empty(n_boot)
+    for r in range(n_boot):
+        chosen = rng.integers(len(groups), size=len(groups)) if len(groups) > 1 else np.zeros(1, dtype=int)
+        reps[r] = np.mean([groups[g][rng.integers(len(groups[g]), size=len(groups[g]))].mean() for g in chosen])
+    low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    return estimate, float(low), float(high)
+
+
+def summarize(table: pd.DataFrame, *, metrics: Sequence[str]) -> pd.DataFrame:
+    """Mean over splits per model, subgroup (and ``all``) and metric, with the number of splits and cases."""
+    _check(table, metrics)
+    rows = []
+    for subgroup in ["all", *sorted(table["subgroup"].astype(str).unique())]:
+        part = table if subgroup == "all" else table[table["subgroup"].astype(str) == subgroup]
+        for model, by_model in part.groupby("model", sort=True):
+            for metric in metrics:
+                values = by_model[["split", metric]].dropna()
+                if values.empty:
+                    continue
+                rows.append({"model": model, "subgroup": subgroup, "metric": metric,
+                             "mean": split_weighted_mean(values[metric].to_numpy(), values["split"].to_numpy()),
+                             "splits": values["split"].nunique(), "cases": len(values)})
+    return pd.DataFrame(rows, columns=["model", "subgroup", "metric", "mean", "splits", "cases"])
+
+
+def compare(table: pd.DataFrame, *, model: str, baselines: Sequence[str], metrics: Sequence[str],
+            higher_is_better: Mapping[str, bool], n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Paired difference of ``model`` to each baseline per subgroup (and ``all``) and metric.
+
+    ``gain`` is the mean difference signed so that positive is better; ``low`` and ``high`` its
+    bootstrap 95% interval; ``better`` / ``worse``: the interval lies above / below zero.
+    """
+    _check(table, metrics)
+    unknown = [m for m in metrics if m not in higher_is_better]
+    if unknown:
+        raise ValueError(f"no direction (higher or lower is better) known for metric(s) {', '.join(unknown)}")
+    rows = []
+    for subgroup in [None, *sorted(table["subgroup"].astype(str).unique())]:
+        for baseline in baselines:
+            for metric in metrics:
+                pairs = _pairs(table, model, baseline, metric, subgroup)
+                if pairs.empty:
+                    continue
+                sign = 1.0 if higher_is_better[metric] else -1.0
+                diff = sign * (pairs["model"].to_numpy() - pairs["baseline"].to_numpy())
+                gain, low, high = paired_bootstrap(diff, pairs["split"].to_numpy(), n_boot=n_boot, seed=seed)
+                rows.append({"model": model, "baseline": baseline, "subgroup": subgroup or "all", "metric": metric,
+                             "gain": gain, "low": low, "high": high, "better": low > 0, "worse": high < 0,
+                             "splits": pairs["split"].nunique(), "cases": len(pairs)})
+    return pd.DataFrame(rows, columns=["model", "baseline", "subgroup", "metric", "gain", "low", "high", "better",
+                                       "worse", "splits", "cases"])
+
+
+def headline(comparison: pd.DataFrame, summary: pd.DataFrame, *,
+             higher_is_better: Mapping[str, bool]) -> pd.DataFrame:
+    """"Model minus best baseline" per subgroup and metric: the row of :func:`compare` against the
+    baseline whose mean (in ``summary``) is best there."""
+    rows = []
+    for (subgroup, metric), part in comparison.groupby(["subgroup", "metric"], sort=True):
+        means = summary[(summary["subgroup"] == subgroup) & (summary["metric"] == metric)
+                        & summary["model"].isin(part["baseline"])].set_index("model")["mean"]
+        if means.empty:
+            continue
+        best = means.idxmax() if higher_is_better[metric] else means.idxmin()
+        rows.append(part[part["baseline"] == best].iloc[0])
+    return pd.DataFrame(rows, columns=comparison.columns).reset_index(drop=True)
