@@ -24,6 +24,7 @@ include: "rules/split.smk"
 include: "rules/train.smk"
 include: "rules/network.smk"
 include: "rules/evaluate.smk"
+include: "rules/aggregate.smk"
 include: "rules/report.smk"
 
 
@@ -32,4 +33,5 @@ rule all:
         f"{RESULTS}/report/summary.md",
         f"{RESULTS}/evaluate/metrics.tsv",
         network_targets(),
+        aggregate_targets(),
     default_target: True

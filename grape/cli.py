@@ -37,6 +37,7 @@ STAGES: dict[str, str] = {
     "train": "train GRAPE (or an ablation) on the training conditions; export its learned network",
     "network": "precision at k of learned and prior networks against a true network (demo)",
     "evaluate": "GEARS metrics of the model and baselines on the test conditions",
+    "aggregate": "results over repeated splits (split.seeds): mean per model, model minus each baseline with intervals",
     "report": "Markdown summary of the metrics",
     "ensembl": "download an Ensembl release's GTF / cDNA / ncRNA FASTA (reliable, resumable)",
     "dataset": "download, extract or subset a perturbation dataset",

@@ -20,12 +20,12 @@ import yaml
 if TYPE_CHECKING:
     import jsonschema
 
-#: Config keys that choose the workflow's inputs (files, download source, jobs, model variants)
+#: Config keys that choose the workflow's inputs (files, download source, jobs, model variants, repeated splits)
 #: rather than a stage's options: the rules turn them into inputs, wildcards or their own flags,
 #: so no stage's options class has them (:func:`grape.options.options_class` leaves them out).
 WORKFLOW_KEYS: frozenset[str] = frozenset({
     "source", "path", "gtf", "cdna", "ncrna", "table", "shards", "gpus_per_job", "ablations",
-    "name", "url", "sha256", "md5", "member", "subset",
+    "name", "url", "sha256", "md5", "member", "subset", "seeds",
 })
 
 #: The config sections whose keys (less :data:`WORKFLOW_KEYS`) are the options of each stage
@@ -46,6 +46,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("dataset", "train"),
     "network": ("network",),
     "evaluate": ("dataset", "evaluate"),
+    "aggregate": ("aggregate",),
     "report": ("report",),
 }
 
@@ -166,8 +167,18 @@ def validate_config(
     errors = list(validator.iter_errors(config))
     if errors:
         raise ConfigError(_message(errors[0]))
+    _check_split_seeds(config)
     _check_paths(config, schema, Path(base_dir or "."), ())
     return config
+
+
+def _check_split_seeds(config: MutableMapping[str, Any]) -> None:
+    """``split.seeds`` repeats a seeded split (simulation: the seed; logo: the fold); a table is one split."""
+    split = config.get("split")
+    if isinstance(split, MutableMapping) and split.get("seeds") and split.get("kind") == "table":
+        raise ConfigError("config key split.seeds: repeated splits need a seeded split (split.kind simulation or "
+                          "logo), but split.kind is table, whose split.table is one fixed split; set split.seeds "
+                          "to [] or choose another split.kind")
 
 
 def _check_paths(instance: Any, schema: dict[str, Any], base: Path, path: tuple[str, ...]) -> None:

@@ -31,6 +31,7 @@ ABLATIONS: dict[str, dict] = {
     "dna_only": {"modalities": ["dna"]},
     "no_pretraining": {"pretrain_epochs": 0},
     "joint_doubles": {"doubles": "joint"},
+    "kernel_singles": {"singles": "kernel"},
     "no_prior_sources": {},
     "priors_only": {},
 }

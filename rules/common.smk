@@ -80,6 +80,15 @@ STAGE_SECTIONS, WORKFLOW_KEYS = grape_config.STAGE_SECTIONS, grape_config.WORKFL
 # the ablations listed in config (each one a set of train options, see grape.model.train).
 VARIANTS = ["full", *config["train"]["ablations"]]
 
+# Repeated splits (split.seeds): the {seed} wildcard of the per-split rules split_seeds, train_seeds and
+# evaluate_seeds, whose outputs lie under results/<run>/splits/seed<k>/ with the single split's file
+# names; the value is the split seed (kind simulation) or the fold (kind logo). Empty: the one split.
+SEEDS = config["split"]["seeds"]
+SEED_KEY = "fold" if config["split"]["kind"] == "logo" else "seed"
+SEED_RESULTS = f"{RESULTS}/splits/seed{{seed}}"
+SEED_LOGS = f"{LOGS}/splits/seed{{seed}}"
+SEED_BENCH = f"{BENCH}/splits/seed{{seed}}"
+
 
 def is_demo():
     return config["dataset"]["source"] == "demo"
@@ -192,9 +201,14 @@ def opts(stage):
     """Command-line flags of a stage's options: the config sections STAGE_SECTIONS[stage] lists, workflow keys left out."""
     if stage not in STAGE_SECTIONS:
         raise ValueError(f"opts: unknown stage {stage!r} (grape.config.STAGE_SECTIONS has {', '.join(STAGE_SECTIONS)})")
+    return section_flags([config[section] for section in STAGE_SECTIONS[stage]])
+
+
+def section_flags(sections):
+    """Command-line flags of the keys of config sections (mappings), workflow keys and nulls left out."""
     flags = []
-    for section in STAGE_SECTIONS[stage]:
-        for key, value in sorted(config[section].items()):  # sorted: key order in a YAML reruns nothing
+    for values in sections:
+        for key, value in sorted(values.items()):  # sorted: key order in a YAML reruns nothing
             if key in WORKFLOW_KEYS or value is None:
                 continue
             flag = f"--{key.replace('_', '-')}"
@@ -213,6 +227,13 @@ def train_options(wildcards):
     """Train flags of one model variant: the config's, plus --ablation for an ablation."""
     flags = opts("train")
     return flags if wildcards.variant == "full" else f"{flags} --ablation {shlex.quote(wildcards.variant)}"
+
+
+def split_seed_options(wildcards):
+    """Split flags of split {seed} (split.seeds): the config's, with split.seed (kind simulation) or
+    split.fold (kind logo) set to the wildcard's value."""
+    seeded = {**config["split"], SEED_KEY: int(wildcards.seed)}
+    return section_flags([seeded if section == "split" else config[section] for section in STAGE_SECTIONS["split"]])
 
 
 def split_table():
@@ -255,17 +276,36 @@ def preflight_config_json(wildcards):
 
 
 def run_config_json(wildcards):
-    """The validated configuration of the run (defaults filled in), recorded in evaluate/metrics.json."""
-    return json.dumps(config, sort_keys=True, default=str)
+    """The validated configuration of the run (defaults filled in), recorded in evaluate/metrics.json; for
+    split {seed} (split.seeds) with that split's split.seed (kind simulation) or split.fold (kind logo).
+    split.seeds and the aggregate section are left out: which splits repeat, and how they are aggregated,
+    changes no evaluation, so adding a seed reruns no finished one."""
+    split = {k: v for k, v in config["split"].items() if k != "seeds"}
+    seed = getattr(wildcards, "seed", None)
+    if seed is not None:
+        split[SEED_KEY] = int(seed)
+    recorded = {**{k: v for k, v in config.items() if k != "aggregate"}, "split": split}
+    return json.dumps(recorded, sort_keys=True, default=str)
 
 
-def cell_eval_outputs():
-    """The test predictions in cell-eval's format (`cell-eval run --adata-pred ... --adata-real ...`);
-    none for changes from control (dataset.relative), which cell-eval cannot read."""
+def cell_eval_outputs(results=RESULTS):
+    """The test predictions in cell-eval's format (`cell-eval run --adata-pred ... --adata-real ...`) under
+    ``results`` (the run's, or one split's of split.seeds); none for changes from control (dataset.relative),
+    which cell-eval cannot read."""
     if config["dataset"]["relative"]:
         return {}
-    return {"cell_eval_pred": f"{RESULTS}/evaluate/cell_eval_pred.h5ad",
-            "cell_eval_real": f"{RESULTS}/evaluate/cell_eval_real.h5ad"}
+    return {"cell_eval_pred": f"{results}/evaluate/cell_eval_pred.h5ad",
+            "cell_eval_real": f"{results}/evaluate/cell_eval_real.h5ad"}
+
+
+def aggregate_targets():
+    """The outputs of the aggregate rule when the run repeats its split (split.seeds), else []."""
+    return list(rules.aggregate.output) if SEEDS else []
+
+
+def seeded_headline():
+    """The aggregate's headline.tsv (the report's top table) when the run repeats its split, else []."""
+    return [rules.aggregate.output.headline] if SEEDS else []
 
 
 def learned_networks():
@@ -296,12 +336,14 @@ def network_recovery(wildcards):
 
 
 def report_optional_args(wildcards, input):
-    """--networks / --recovery flags of the report stage for the inputs that exist in this run."""
+    """--networks / --recovery / --headline flags of the report stage for the inputs that exist in this run."""
     flags = []
     if input.networks:
         flags += ["--networks", *input.networks]
     if input.recovery:
         flags += ["--recovery", *input.recovery]
+    if input.headline:
+        flags += ["--headline", *input.headline]
     return " ".join(shlex.quote(str(f)) for f in flags)
 
 

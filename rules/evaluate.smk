@@ -36,3 +36,22 @@ rule evaluate:
         "printf '%s' {params.run_config:q} | {params.grape} evaluate --dataset {input.dataset}"
         " --predictions {input.predictions} --split {input.split} --mapping {input.mapping} --run-config -"
         " --out-dir {params.out_dir} {params.options} > {log} 2>&1"
+
+
+# The evaluation of each split of split.seeds: results/<run>/splits/seed<k>/evaluate/ (the aggregate's input).
+use rule evaluate as evaluate_seeds with:
+    input:
+        dataset=dataset_path(),
+        predictions=expand(rules.train_seeds.output.predictions, variant=VARIANTS, allow_missing=True),
+        split=rules.split_seeds.output[0],
+        mapping=rules.annotate.output.mapping,
+    output:
+        metrics=f"{SEED_RESULTS}/evaluate/metrics.tsv",
+        per_condition=f"{SEED_RESULTS}/evaluate/per_condition.tsv",
+        summary=f"{SEED_RESULTS}/evaluate/metrics.json",
+        predictions=f"{SEED_RESULTS}/evaluate/test_predictions.h5ad",
+        **cell_eval_outputs(SEED_RESULTS),
+    log:
+        f"{SEED_LOGS}/evaluate.log",
+    wildcard_constraints:
+        seed=r"\d+",

@@ -7,6 +7,7 @@ rule report:
         history=expand(rules.train.output.history, variant=VARIANTS),
         networks=learned_networks(),
         recovery=network_recovery,
+        headline=seeded_headline(),
     output:
         summary=report(
             f"{RESULTS}/report/summary.md",

@@ -1,12 +1,25 @@
-"""grape.evaluation.aggregate: results over repeated splits and the paired bootstrap, on constructed cases."""
+"""grape.evaluation.aggregate and the aggregate stage: results over repeated splits and the paired bootstrap, on constructed cases."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from grape.evaluation.aggregate import compare, headline, paired_bootstrap, split_weighted_mean, summarize
+from grape.evaluation.aggregate import (
+    Options,
+    compare,
+    directions,
+    headline,
+    paired_bootstrap,
+    split_weighted_mean,
+    summarize,
+)
+from grape.evaluation.metrics import METRICS
+from grape.options import key_schema
+from grape.stages import aggregate as aggregate_stage
 
 DIRECTION = {"pearson_delta": True, "rmse": False}
 
@@ -94,3 +107,66 @@ def test_missing_columns_and_directions_are_named():
     with pytest.raises(ValueError, match="no direction .* mse_de"):
         compare(_table(0.1).assign(mse_de=1.0), model="grape", baselines=["additive"], metrics=["mse_de"],
                 higher_is_better=DIRECTION)
+
+
+# --- the aggregate stage -------------------------------------------------------------------------
+
+
+def _write_splits(root, table: pd.DataFrame) -> list:
+    """Each split's rows as its evaluation writes them (no split column), at <root>/splits/<split>/evaluate/."""
+    paths = []
+    for split, rows in table.groupby("split", sort=True):
+        path = root / "splits" / str(split) / "evaluate" / "per_condition.tsv"
+        path.parent.mkdir(parents=True)
+        rows.drop(columns="split").to_csv(path, sep="\t", index=False)
+        paths.append(path)
+    return paths
+
+
+def test_the_stage_writes_every_table_over_the_splits_against_the_best_baseline(tmp_path):
+    table = _table(0.1, splits=2, conditions=12)
+    variant = table[table["model"] == "grape"].assign(model="grape_no_gsl")
+    variant["pearson_delta"] -= 0.5  # far worse than every baseline
+    paths = _write_splits(tmp_path, pd.concat([table, variant], ignore_index=True))
+    out = tmp_path / "aggregate"
+    aggregate_stage.run(options=Options(metrics=["pearson_delta", "rmse"], n_boot=100), per_condition=paths,
+                        out_dir=out)
+    summary = pd.read_csv(out / "summary.tsv", sep="\t")
+    assert set(summary["model"]) == {"grape", "grape_no_gsl", "additive", "mean"}
+    assert set(summary["splits"]) == {2}
+    comparison = pd.read_csv(out / "comparison.tsv", sep="\t")
+    assert set(zip(comparison["model"], comparison["baseline"])) == {
+        (m, b) for m in ("grape", "grape_no_gsl") for b in ("additive", "mean")}
+    top = pd.read_csv(out / "headline.tsv", sep="\t")
+    assert set(top["baseline"]) == {"additive"}  # the best baseline, never mean
+    assert len(top) == 2 * 3 * 2  # models x subgroups (all and two) x metrics
+    assert list(top["model"].unique()) == ["grape", "grape_no_gsl"] and top["subgroup"].iloc[0] == "all"
+    grape = top[(top["model"] == "grape") & (top["subgroup"] == "all")].set_index("metric")
+    assert grape.loc["rmse", "gain"] == pytest.approx(0.1, abs=0.05) and grape.loc["rmse", "better"]
+    text = (out / "headline.md").read_text()
+    assert text.startswith("# Model minus best baseline over 2 splits")
+    gain = r"([+-]\d\.\d{4}) \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]"  # mean [low, high]
+    assert re.search(rf"^\| grape \| all \| rmse ↓ \| additive \| {gain} \| better \| 2 \| 24 \|$", text, re.M)
+    worse = re.search(rf"^\| grape_no_gsl \| all \| pearson_delta ↑ \| additive \| {gain} \| worse \| 2 \| 24 \|$",
+                      text, re.M)
+    assert worse and float(worse.group(1)) == pytest.approx(-0.4, abs=0.05)
+
+
+def test_each_table_is_named_by_its_split_directory(tmp_path):
+    paths = _write_splits(tmp_path, _table(0.1, splits=2, conditions=4))
+    table = aggregate_stage.read_splits(paths)
+    assert list(pd.unique(table["split"])) == ["seed0", "seed1"] and len(table) == 2 * 4 * 3
+    with pytest.raises(ValueError, match="same split seed0"):
+        aggregate_stage.read_splits([paths[0], paths[0]])
+
+
+def test_the_schema_offers_the_registered_metrics():
+    """aggregate.metrics is checked with the config, before any job: its choices are the metric registry's names."""
+    assert key_schema("aggregate", "metrics")["items"]["enum"] == list(METRICS)
+
+
+def test_aggregate_options_name_unknown_metrics():
+    assert Options().metrics[:2] == ["pearson_delta", "rmse"]  # the schema's default
+    assert directions(["rmse", "pearson_delta"]) == {"rmse": False, "pearson_delta": True}  # the registry's
+    with pytest.raises(ValueError, match="aggregate.metrics: unknown metric.*pearson_dleta"):
+        Options(metrics=["pearson_dleta"])

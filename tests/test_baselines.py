@@ -113,6 +113,14 @@ def test_linear_reports_what_it_could_not_embed():
 @pytest.mark.parametrize("name", BASELINES)
 def test_baselines_never_read_test_conditions(name):
     means, split, index, test = planted_linear()
+    if name == "mean_doubles":  # the planted data are singles: one fitting and one test double
+        fit_pair, test_pair = split["condition"].iloc[:2].tolist(), test[:2]
+        for pair, part in ((fit_pair, "train"), (test_pair, "test")):
+            label = "+".join(c.split("+")[0] for c in pair)
+            means.loc[label] = means.loc[pair].mean()
+            split.loc[len(split)] = {"condition": label, "split": part, "subgroup": "combo_seen2"}
+            if part == "test":
+                test = [*test, label]
     before = fit_predict([name], means, split, control="ctrl", genes_of=genes_of, gene_index=index)[name]
     changed = means.copy()
     changed.loc[test] += 100.0
@@ -127,6 +135,22 @@ def test_no_change_and_mean():
     np.testing.assert_array_equal(nc.to_numpy(), np.tile(means.loc["ctrl"], (len(split), 1)))
     mean = mean_baseline(means, split, fit_splits=["train"]).predictions
     np.testing.assert_allclose(mean.iloc[0], means.loc[["A+ctrl", "B+ctrl"]].mean())
+
+
+def test_mean_of_doubles():
+    means, split = additive_dataset()
+    doubles = [c for c in split["condition"] if len(genes_of(c)) == 2]
+    fitted = [c for c in doubles if split.set_index("condition").loc[c, "split"] in ("train", "val")]
+    if not fitted:  # make one double a fitting condition
+        split = split.copy()
+        split.loc[split["condition"] == doubles[0], "split"] = "train"
+        fitted = [doubles[0]]
+    result = fit_predict(["mean_doubles"], means, split, control="ctrl", genes_of=genes_of, gene_index={})["mean_doubles"]
+    np.testing.assert_allclose(result.predictions.iloc[0], means.loc[fitted].mean())
+    assert result.notes["n_fit_conditions"] == len(fitted)
+    singles_only = split[split["condition"].map(lambda c: len(genes_of(c)) < 2)]
+    skipped = fit_predict(["mean_doubles"], means, singles_only, control="ctrl", genes_of=genes_of, gene_index={})
+    assert skipped["mean_doubles"].predictions is None and "no double" in skipped["mean_doubles"].notes["skipped"]
 
 
 def test_fit_predict_refuses_unknown_names_and_test_data():

@@ -79,6 +79,10 @@ def test_schema_keys_use_only_json_schema_keywords(schema):
         ({"dataset": {"source": "h5ad", "path": "nowhere.h5ad"}}, "dataset.path"),
         ({"describe": {"table": "missing.tsv"}}, "describe.table"),
         ({"dataset": {"source": "h5ad"}}, "dataset"),
+        ({"split": {"kind": "table", "table": "nowhere.tsv", "seeds": [1, 2]}}, "split.seeds"),
+        ({"split": {"seeds": [1, 1]}}, "split.seeds"),
+        ({"aggregate": {"n_boot": 0}}, "aggregate.n_boot"),
+        ({"aggregate": {"metrics": ["pearson_dleta"]}}, "aggregate.metrics"),
     ],
 )
 def test_bad_config_names_the_key(config, schema, tmp_path, patch, key):
@@ -87,6 +91,17 @@ def test_bad_config_names_the_key(config, schema, tmp_path, patch, key):
         bad.setdefault(section, {}).update(values)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_config(bad, schema, base_dir=tmp_path)
+
+
+def test_repeated_splits_are_seeded_splits(schema, tmp_path):
+    """split.seeds repeats a seeded split (simulation: the seed, logo: the fold); a fixed table is refused."""
+    assert validate_config({}, schema)["split"]["seeds"] == []
+    for kind in ("simulation", "logo"):
+        assert validate_config({"split": {"kind": kind, "seeds": [1, 2]}}, schema)["split"]["seeds"] == [1, 2]
+    (tmp_path / "split.tsv").write_text("condition\tsplit\n")
+    table = {"split": {"kind": "table", "table": str(tmp_path / "split.tsv"), "seeds": [3]}}
+    with pytest.raises(ConfigError, match=r"split\.seeds: .*split\.kind is table"):
+        validate_config(table, schema)
 
 
 # Options fields that the workflow sets per job rather than from the stage's config sections, with
@@ -179,7 +194,7 @@ def test_model_config_is_the_train_options_of_its_names(schema):
         assert (list(default) if isinstance(default, tuple) else default) == train_keys[field.name]["default"], field.name
     changed = {"hidden": 7, "layers": 1, "dropout": 0.25, "modalities": ["dna"], "gsl": False, "gsl_layers": 3,
                "gsl_heads": 2, "gsl_k": 5, "gsl_prior_weight": 0.3, "gsl_refresh": 4, "global_context": False,
-               "doubles": "joint", "observed_singles": False, "temperature": 0.2}
+               "doubles": "joint", "singles": "network", "observed_singles": False, "temperature": 0.2}
     assert set(changed) == {f.name for f in dataclasses.fields(ModelConfig)} - internal
     config = train.Options(**changed).model_config()
     assert {k: getattr(config, k) for k in changed} == {**changed, "modalities": ("dna",)}

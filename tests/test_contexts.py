@@ -246,7 +246,8 @@ def test_one_context_predictions_equal_those_before_contexts(tmp_path, drop_cont
     """tests/data/one_context_predictions.tsv was written by the code before contexts existed
     (commit c1d8a99) with these data, split and options; one context must give the same numbers.
     That code searched the learned graph on every step: ``gsl_refresh 1`` is that model (the
-    default refreshes every 10 steps, measured neutral in BENCHMARKS.md)."""
+    default refreshes every 10 steps, measured neutral in BENCHMARKS.md), and ``singles network``
+    (no kernel over observed singles then)."""
     import test_train as tt
 
     adata = tt.make_dataset(tmp_path / "data.h5ad", cells=4)
@@ -255,7 +256,8 @@ def test_one_context_predictions_equal_those_before_contexts(tmp_path, drop_cont
         adata.write_h5ad(tmp_path / "data.h5ad")
     tt.make_graph(tmp_path / "graph.safetensors", [*tt.GENES, "X1"])
     (tmp_path / "split.tsv").write_text(REFERENCE_SPLIT)
-    opts = dataclasses.replace(tt.OPTIONS, epochs=4, pretrain_epochs=1, hidden=8, gsl_refresh=1)
+    opts = dataclasses.replace(tt.OPTIONS, epochs=4, pretrain_epochs=1, hidden=8, gsl_refresh=1,
+                               singles="network")
     train_stage.run(options=opts, dataset=tmp_path / "data.h5ad", graph=tmp_path / "graph.safetensors",
               split=tmp_path / "split.tsv", out_dir=tmp_path / "out")
     pred = ad.read_h5ad(tmp_path / "out" / "predictions.h5ad")

@@ -98,6 +98,21 @@ def test_run_without_networks_draws_no_network(tmp_path):
     assert "This run exports no learned network." in (tmp_path / "report" / "summary.md").read_text()
 
 
+def test_repeated_splits_put_the_headline_on_top(tmp_path):
+    """With split.seeds the summary opens with the model minus the best baseline over the splits; without, it does not."""
+    paths = evaluation_outputs(tmp_path)
+    metrics = pd.read_csv(paths["metrics"], sep="\t")
+    histories = {report.variant_of(p): pd.read_csv(p, sep="\t") for p in paths["history"]}
+    headline = pd.DataFrame([{"model": "grape", "baseline": "additive", "subgroup": "all", "metric": "pearson_delta",
+                              "gain": 0.05, "low": 0.01, "high": 0.09, "better": True, "worse": False, "splits": 3,
+                              "cases": 30}])
+    text = report.summarize(metrics, histories, headline=headline)
+    assert text.startswith("# GRAPE run summary\n\n## Model minus best baseline over 3 splits")
+    assert "| all | pearson_delta ↑ | additive | +0.0500 [+0.0100, +0.0900] | better | 3 | 30 |" in text
+    assert text.index("## The run's own split") < text.index("Test conditions:")
+    assert "best baseline" not in report.summarize(metrics, histories)
+
+
 def test_best_value_of_each_column_is_bold(tmp_path):
     paths = evaluation_outputs(tmp_path)
     metrics = pd.read_csv(paths["metrics"], sep="\t")

@@ -8,6 +8,7 @@ Snakemake schedules.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -108,3 +109,23 @@ def test_bad_config_fails_before_any_job(tmp_path, patch, key):
     assert result.returncode != 0
     assert key in result.stderr + result.stdout
     assert not (root / "results").exists()
+
+
+def test_repeated_splits_run_each_split_and_one_aggregate(tmp_path):
+    """split.seeds [1, 2]: a split, every variant's training and an evaluation per seed (under
+    results/<run>/splits/seed<k>/, the split given that seed), one aggregate of both, whose headline the report reads."""
+    root = copy_workflow(tmp_path / "project")
+    name = write_config(root, {**TINY, "split": {"seeds": [1, 2]}})
+    result = snakemake(root, "-n", "-p", "--configfile", name)
+    jobs = scheduled(result)
+    assert {rule: jobs[rule] for rule in ("split_seeds", "train_seeds", "evaluate_seeds", "aggregate")} == {
+        "split_seeds": 2, "train_seeds": 2 * 2, "evaluate_seeds": 2, "aggregate": 1}
+    assert jobs["split"] == jobs["evaluate"] == jobs["report"] == 1 and jobs["train"] == 2  # the run's own split
+    text = result.stdout + result.stderr
+    for seed in (1, 2):
+        assert re.search(rf"grape split .*--out results/tiny/splits/seed{seed}/split/split\.tsv .*--seed {seed} ", text)
+        assert f"--split results/tiny/splits/seed{seed}/split/split.tsv" in text  # training and evaluation
+        assert f"results/tiny/splits/seed{seed}/train/no_gsl/predictions.h5ad" in text
+    assert ("grape aggregate --per-condition results/tiny/splits/seed1/evaluate/per_condition.tsv "
+            "results/tiny/splits/seed2/evaluate/per_condition.tsv --out-dir results/tiny/aggregate") in text
+    assert "--headline results/tiny/aggregate/headline.tsv" in text

@@ -14,14 +14,24 @@ means the interval excludes zero.
 
 The headline (:func:`headline`) is "model minus best baseline": per subgroup and metric the
 baseline with the best mean is the one the model is compared with.
+
+:func:`aggregate` does all three for every model of the table (GRAPE and each ablation variant)
+against every baseline in it, with the metrics' directions from the metric registry
+(:data:`grape.evaluation.metrics.METRICS`); :func:`headline_markdown` writes the headline as a
+table (the ``grape aggregate`` stage's ``headline.md``, and the top of the report's summary).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from grape.evaluation.baselines import BASELINES
+from grape.evaluation.metrics import METRICS
+from grape.options import options_class
 
 KEYS = ("split", "condition", "context")
 """Columns that identify one test case: a condition of a split (and its context, when the run has several)."""
@@ -70,10 +80,12 @@ def paired_bootstrap(diff: np.ndarray, split: np.ndarray, *, n_boot: int = 2000,
     groups = [diff[index == i] for i in range(len(labels))]
     estimate = float(np.mean([g.mean() for g in groups]))
     rng = np.random.default_rng(seed)
-    reps = np.empty(n_boot)
-    for r in range(n_boot):
-        chosen = rng.integers(len(groups), size=len(groups)) if len(groups) > 1 else np.zeros(1, dtype=int)
-        reps[r] = np.mean([groups[g][rng.integers(len(groups[g]), size=len(groups[g]))].mean() for g in chosen])
+    n = len(groups)
+    chosen = rng.integers(n, size=(n_boot, n)) if n > 1 else np.zeros((n_boot, 1), dtype=int)
+    # every (replicate, slot) draws its own resample of the split it chose: the resampled mean of each
+    # split for every slot, then the chosen one picked
+    resampled = np.stack([g[rng.integers(len(g), size=(n_boot, n, len(g)))].mean(-1) for g in groups])  # [S, B, n]
+    reps = resampled[chosen, np.arange(n_boot)[:, None], np.arange(n)[None, :]].mean(1)
     low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
     return estimate, float(low), float(high)
 
@@ -136,3 +148,94 @@ def headline(comparison: pd.DataFrame, summary: pd.DataFrame, *,
         best = means.idxmax() if higher_is_better[metric] else means.idxmin()
         rows.append(part[part["baseline"] == best].iloc[0])
     return pd.DataFrame(rows, columns=comparison.columns).reset_index(drop=True)
+
+
+# --- the aggregate stage's tables ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options(options_class("aggregate")):
+    """Options of the aggregate stage (config section ``aggregate``)."""
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"aggregate.metrics: unknown metric(s) {', '.join(unknown)} "
+                             f"(the metric registry has {', '.join(METRICS)})")
+        if self.n_boot < 1:
+            raise ValueError(f"aggregate.n_boot must be at least 1, got {self.n_boot}")
+
+
+def directions(metrics: Sequence[str]) -> dict[str, bool]:
+    """Whether higher is better, per metric, from the metric registry."""
+    return {m: METRICS[m].higher_is_better for m in metrics}
+
+
+def models_and_baselines(table: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The models of a per-condition table (GRAPE, ``grape_<variant>``: every name that is no baseline of
+    :data:`grape.evaluation.baselines.BASELINES`) and its baselines, ``grape`` first, baselines in registry order."""
+    names = [str(m) for m in pd.unique(table["model"])]
+    baselines = [b for b in BASELINES if b in names]
+    models = sorted((m for m in names if m not in BASELINES), key=lambda m: (m != "grape", m))
+    if not models or not baselines:
+        raise ValueError(f"the per-condition table needs a model and a baseline to compare (models: {', '.join(names)})")
+    return models, baselines
+
+
+def _order(frame: pd.DataFrame, metrics: Sequence[str], models: Sequence[str]) -> pd.DataFrame:
+    """Rows by model (as listed), subgroup (``all`` first) and metric (as listed)."""
+    if frame.empty:
+        return frame.reset_index(drop=True)
+    subgroups = ["all", *sorted(set(frame["subgroup"].astype(str)) - {"all"})]
+    rank = {"model": {m: i for i, m in enumerate(models)}, "subgroup": {g: i for i, g in enumerate(subgroups)},
+            "metric": {m: i for i, m in enumerate(metrics)}}
+    return frame.sort_values(["model", "subgroup", "metric"], key=lambda c: c.astype(str).map(rank[c.name]),
+                             kind="stable").reset_index(drop=True)
+
+
+def aggregate(table: pd.DataFrame, *, options: Options) -> dict[str, pd.DataFrame]:
+    """The three tables over the splits of ``table`` (a ``split`` column naming each split):
+    ``summary`` (:func:`summarize`, every model and baseline), ``comparison`` (:func:`compare` of every
+    model against every baseline) and ``headline`` (:func:`headline` of every model)."""
+    metrics = list(options.metrics)
+    _check(table, metrics)
+    models, baselines = models_and_baselines(table)
+    higher = directions(metrics)
+    summary = summarize(table, metrics=metrics)
+    compared = [compare(table, model=m, baselines=baselines, metrics=metrics, higher_is_better=higher,
+                        n_boot=options.n_boot, seed=options.seed) for m in models]
+    comparison = pd.concat(compared, ignore_index=True)
+    top = pd.concat([headline(c, summary, higher_is_better=higher) for c in compared], ignore_index=True)
+    order = [*models, *baselines]
+    return {"summary": _order(summary, metrics, order), "comparison": _order(comparison, metrics, order),
+            "headline": _order(top, metrics, order)}
+
+
+def verdict(row: Mapping) -> str:
+    """``better`` / ``worse`` when the interval lies above / below zero, else ``level``."""
+    return "better" if bool(row["better"]) else "worse" if bool(row["worse"]) else "level"
+
+
+def headline_markdown(top: pd.DataFrame, *, digits: int = 4, heading: str = "#") -> str:
+    """The headline (:func:`headline` rows, ``model`` column included) as Markdown: a title naming the
+    number of splits, what the numbers are, and per subgroup and metric the best baseline, the gain
+    with its interval and the verdict (a model column when there are several models)."""
+    n = int(top["splits"].max()) if len(top) else 0
+    lines = [f"{heading} Model minus best baseline over {n} splits", "",
+             "Per test subgroup and metric, the baseline with the best mean over splits, and the mean paired "
+             "difference of the model to it on the same test conditions (↑ higher is better: model - baseline; "
+             "↓ lower is better: baseline - model, so a positive gain is always better), with a bootstrap 95% "
+             "interval [low, high] that resamples splits and the conditions within them; better / worse: the "
+             "interval lies above / below zero, level: it holds zero; cases: the test conditions of all splits.",
+             ""]
+    several = top["model"].nunique() > 1
+    header = [*(["model"] if several else []), "subgroup", "metric", "best baseline", "gain [low, high]", "verdict",
+              "splits", "cases"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in top.iterrows():
+        arrow = "↑" if METRICS[row["metric"]].higher_is_better else "↓"
+        gain = f"{row['gain']:+.{digits}f} [{row['low']:+.{digits}f}, {row['high']:+.{digits}f}]"
+        cells = [*([str(row["model"])] if several else []), str(row["subgroup"]), f"{row['metric']} {arrow}",
+                 str(row["baseline"]), gain, verdict(row), str(int(row["splits"])), str(int(row["cases"]))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -11,6 +11,10 @@ test conditions beside the model. Which ones run is ``evaluate.baselines``.
     the control mean, for every condition.
 ``mean``
     the mean over the fitting conditions of their mean expression.
+``mean_doubles``
+    the mean over the fitting doubles (two perturbed genes) of their mean expression, for
+    every condition: the mean baseline of the double-perturbation setting (skipped when no
+    double is a fitting condition).
 ``additive``
     control + the sum, over the condition's perturbed genes, of the gene's single
     effect (its ``A+ctrl`` mean minus the control mean, from a fitting condition).
@@ -56,7 +60,7 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-BASELINES: tuple[str, ...] = ("no_change", "mean", "additive", "linear")
+BASELINES: tuple[str, ...] = ("no_change", "mean", "mean_doubles", "additive", "linear")
 FIT_SPLITS: tuple[str, ...] = ("train", "val")
 
 
@@ -111,6 +115,17 @@ def mean_baseline(means: pd.DataFrame, split: pd.DataFrame, *, fit_splits: Seque
     mean = means.loc[train].to_numpy(dtype=np.float64).mean(axis=0)
     return Baseline(_frame(np.tile(mean, (len(conds), 1)), conds, means.columns),
                     {"n_fit_conditions": len(train)})
+
+
+def mean_doubles(means: pd.DataFrame, split: pd.DataFrame, *, genes_of: Callable[[str], tuple[str, ...]],
+                 fit_splits: Sequence[str] = FIT_SPLITS) -> Baseline:
+    """The mean of the fitting doubles' mean expression, for every condition."""
+    doubles = [c for c in fitting_conditions(split, fit_splits) if len(genes_of(c)) == 2]
+    if not doubles:
+        raise BaselineUnavailable("no double among the fitting conditions")
+    conds = split["condition"].astype(str).tolist()
+    mean = means.loc[doubles].to_numpy(dtype=np.float64).mean(axis=0)
+    return Baseline(_frame(np.tile(mean, (len(conds), 1)), conds, means.columns), {"n_fit_conditions": len(doubles)})
 
 
 def additive(
@@ -253,6 +268,12 @@ def fit_predict(
             out[name] = mean_baseline(means, split, fit_splits=fit_splits)
         elif name == "additive":
             out[name] = additive(means, split, control=control, genes_of=genes_of, fit_splits=fit_splits)
+        elif name == "mean_doubles":
+            try:
+                out[name] = mean_doubles(means, split, genes_of=genes_of, fit_splits=fit_splits)
+            except BaselineUnavailable as err:
+                log.warning("mean_doubles baseline skipped: %s", err)
+                out[name] = Baseline(None, {"skipped": str(err)})
         else:
             try:
                 out[name] = linear(means, split, control=control, genes_of=genes_of, gene_index=gene_index,

@@ -35,6 +35,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from grape.evaluation.aggregate import headline_markdown
 from grape.evaluation.metrics import HEADLINE, METRICS
 from grape.options import options_class
 
@@ -175,6 +176,15 @@ def where_right_and_wrong(per_condition: pd.DataFrame, metric: str, digits: int,
     return markdown_table(picked, digits)
 
 
+def repeated_splits_section(headline: pd.DataFrame, digits: int) -> str:
+    """The headline over repeated splits (:func:`grape.evaluation.aggregate.headline_markdown`), then a
+    heading for the single split that the rest of the summary describes."""
+    return (headline_markdown(headline, digits=digits, heading="##").rstrip("\n") + "\n\n"
+            "Every model against every baseline is in `aggregate/comparison.tsv`, the means over splits in "
+            "`aggregate/summary.tsv`, each split's tables in `splits/seed<k>/`.\n\n"
+            "## The run's own split\n\nWhat follows is the split of split.seed (split.fold) alone.")
+
+
 def summarize(
     metrics: pd.DataFrame,
     histories: dict[str, pd.DataFrame],
@@ -183,9 +193,11 @@ def summarize(
     evaluation: dict | None = None,
     degrees: pd.DataFrame | None = None,
     recovery: pd.DataFrame | None = None,
+    headline: pd.DataFrame | None = None,
     digits: int = 4,
 ) -> str:
-    """The Markdown text of the summary."""
+    """The Markdown text of the summary; with ``headline`` (the aggregate's ``headline.tsv``, runs with
+    split.seeds) it opens with the model minus the best baseline over the repeated splits."""
     contexts = contexts_of(metrics)
     metrics_all = metrics
     metrics = pooled(metrics)
@@ -195,6 +207,7 @@ def summarize(
     group_counts = ", ".join(f"{g} {int(c)}" for g, c in groups.groupby("subgroup")["n_conditions"].max().items())
     parts = [
         "# GRAPE run summary",
+        *([] if headline is None else [repeated_splits_section(headline, digits)]),
         f"Test conditions: {n} ({group_counts}), held out from training and model selection. Each metric is "
         "computed per condition on mean expression and then averaged (GEARS); ↑ higher is better, ↓ lower is "
         "better; the best value of each column is in bold. Every metric of every model is in "

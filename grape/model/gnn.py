@@ -51,6 +51,14 @@ let a full transcriptome fit:
   from it. Singles themselves are
   always predicted by the network. ``doubles="joint"``: both genes are injected at once
   and the double is read like a single.
+* **Singles.** ``singles="kernel"``: a single's change is a kernel mean of the observed changes
+  of the fitting singles of its cell state (never itself), with weights from the two genes'
+  raw features' cosine similarity and their prior-graph edge
+  (:meth:`GRAPE.kernel`); at the perturbed gene itself, a learned gate toward the same weighted
+  mean of the fitting singles' changes of their own target gene; plus the network's output as a
+  correction. The weights start uniform, the gate and the decoder's output at zero, so the model
+  starts as the mean baseline of singles and learns where an unseen gene departs from it.
+  ``singles="network"`` (default): the network alone.
 * **Decoder.** Gene-specific: each gene's final state dotted with its own vector, plus a
   shared head and a per-gene bias, gives the change from control.
 * **Cell states (contexts).** A screen with several cell states (stimulated and
@@ -78,6 +86,8 @@ from grape.variants import MODALITIES
 from grape.options import options_class
 
 DOUBLES = ("additive", "joint")
+SINGLES = ("kernel", "network")
+KERNEL_SCALE = 10.0  # the kernel's coefficients act times this: Adam's steps move them ten times faster
 
 
 @dataclass(frozen=True)
@@ -134,7 +144,8 @@ class GraphTensors:
 #: The train options (config section ``train``) that are the model's architecture: :class:`ModelConfig`
 #: has these fields, with the schema's defaults and help (``train.Options.model_config`` copies them).
 MODEL_OPTIONS = ("hidden", "layers", "dropout", "modalities", "gsl", "gsl_layers", "gsl_heads", "gsl_k",
-                 "gsl_prior_weight", "gsl_refresh", "global_context", "doubles", "observed_singles", "temperature")
+                 "gsl_prior_weight", "gsl_refresh", "global_context", "doubles", "singles", "observed_singles",
+                 "temperature")
 
 
 @dataclass(frozen=True)
@@ -149,6 +160,8 @@ class ModelConfig(options_class("train", keys=MODEL_OPTIONS, tuples=("modalities
         object.__setattr__(self, "modalities", tuple(self.modalities))  # model.yaml and the options hold a list
         if self.doubles not in DOUBLES:
             raise ValueError(f"doubles must be one of {', '.join(DOUBLES)}, not {self.doubles!r}")
+        if self.singles not in SINGLES:
+            raise ValueError(f"singles must be one of {', '.join(SINGLES)}, not {self.singles!r}")
         unknown = [m for m in self.modalities if m not in MODALITIES]
         if unknown or not self.modalities:
             raise ValueError(f"modalities must be a non-empty subset of {', '.join(MODALITIES)}: {self.modalities}")
@@ -545,6 +558,14 @@ class GRAPE(nn.Module):
         self.gene_weight = nn.Parameter(torch.zeros(num_nodes, h))
         self.gene_bias = nn.Parameter(torch.zeros(num_nodes))
         self.head = nn.Linear(h, 1)
+        if config.singles == "kernel":
+            # the network is a correction to the kernel's mean: it starts at zero (gene_weight and
+            # gene_bias are zero already), and the kernel's weights start uniform
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+            self.kernel_similarity = nn.Parameter(torch.zeros(len(config.modalities)))
+            self.kernel_prior = nn.Parameter(torch.zeros(()))
+            self.kernel_self = nn.Parameter(torch.zeros(()))
         if config.doubles == "additive":
             self.interaction = nn.Sequential(nn.Linear(h + 2, h), nn.GELU(), nn.Linear(h, 1))
             nn.init.zeros_(self.interaction[-1].weight)
@@ -669,8 +690,10 @@ class GRAPE(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def _propagate(self, graph: GraphTensors, h0: Tensor, structure: Structure, sets: Tensor) -> tuple[Tensor, Tensor]:
-        """Change from control ``[S, N]`` and final states ``[N, S, h]`` of injection sets ``[S, 2]``."""
+    def _propagate(self, graph: GraphTensors, h0: Tensor, structure: Structure, sets: Tensor,
+                   context: int = 0) -> tuple[Tensor, Tensor]:
+        """Change from control ``[S, N]`` and final states ``[N, S, h]`` of injection sets ``[S, 2]``
+        (with ``singles="kernel"`` the sum of the set's genes' kernel means plus the network's output)."""
         n, s = graph.num_nodes, sets.shape[0]
         indicator = torch.zeros(s, n, device=h0.device, dtype=h0.dtype)
         indicator.scatter_add_(1, sets.clamp(min=0), (sets >= 0).to(h0.dtype))
@@ -683,7 +706,62 @@ class GRAPE(nn.Module):
         for layer in self.layers:
             h = layer(h, graph.node_type, structure, layer.attention(h0, structure))
         delta = (h * self.gene_weight.unsqueeze(1)).sum(-1) + self.head(h).squeeze(-1) + self.gene_bias.unsqueeze(1)
+        if self.config.singles == "kernel":
+            return self.kernel(graph, h0, sets, context) + delta.T, h
         return delta.T, h
+
+    def kernel(self, graph: GraphTensors, h0: Tensor, sets: Tensor, context: int = 0) -> Tensor:
+        """Each set's sum over its genes of the kernel mean ``[S, N]``: for gene ``g``, the mean of the
+        observed changes of the fitting singles of cell state ``context`` other than ``g`` itself,
+        weighted by ``softmax_j(sum_m a_m cos(x_m[g], x_m[j]) + c A[g, j])``
+        (``x_m`` the raw features of modality ``m``, ``A`` the prior graph's weight between the two genes,
+        either direction). At the perturbed gene itself the mean moves by a learned gate ``s`` toward
+        the same weighted mean of the fitting singles' changes of their own perturbed gene (a
+        knockdown lowers its target, an activation raises it, a knockout may leave its mRNA as it
+        is; the others' changes of ``g`` say little about it). At initialisation ``a``, ``c`` and ``s``
+        are zero: uniform weights, the mean of the other fitting singles (for a gene that is no fitting
+        single, the mean baseline of singles). Zero where nothing was observed (unmeasured genes, no
+        fitting single). Three kinds of coefficient only: a learned attention between the genes'
+        encoded states (``q(h0_g) . k(h0_j)``, a matrix) overfitted the leave-one-out fit on real
+        screens (BENCHMARKS.md).
+        """
+        n = graph.num_nodes
+        if not len(self.observed_delta) or context >= self.observed_row.shape[0]:
+            return h0.new_zeros(len(sets), n)
+        row = self.observed_row[context]
+        nodes = (row >= 0).nonzero().squeeze(1)
+        if len(nodes) == 0:
+            return h0.new_zeros(len(sets), n)
+        observed = self.observed_delta[row[nodes]] * self.observed_measured.to(h0.dtype)  # [K, N]
+        genes = sets.reshape(-1)
+        present = (genes >= 0).nonzero().squeeze(1)
+        g = genes[present]
+        logits = h0.new_zeros(len(g), len(nodes))  # [G, K]
+        for coeff, m in zip(self.kernel_similarity, self.config.modalities):
+            x = nn.functional.normalize(graph.modalities[m], dim=-1)
+            logits = logits + KERNEL_SCALE * coeff * (x[g] @ x[nodes].T)
+        position = torch.full((n,), -1, dtype=torch.long, device=h0.device)
+        position[nodes] = torch.arange(len(nodes), device=h0.device)
+        ps, pd = graph.edge_index
+        weight = graph.edge_weight.clamp(min=0).to(h0.dtype)
+        prior = h0.new_zeros(n, len(nodes))
+        for a, b in ((ps, pd), (pd, ps)):  # either direction
+            keep = position[a] >= 0
+            prior.index_put_((b[keep], position[a][keep]), weight[keep], accumulate=True)
+        logits = logits + KERNEL_SCALE * self.kernel_prior * prior[g]
+        logits = logits.masked_fill(g.unsqueeze(1) == nodes.unsqueeze(0), float("-inf"))  # never itself
+        weights = torch.softmax(logits, dim=1).nan_to_num(0.0)  # a gene whose only candidate is itself: 0
+        means = weights @ observed  # [G, N]
+        # the perturbed gene itself: the weighted mean of the fitting singles' changes of their own gene
+        own_measured = self.observed_measured[nodes].to(h0.dtype)  # [K]
+        own = observed[torch.arange(len(nodes), device=h0.device), nodes] * own_measured
+        w_own = weights * own_measured
+        total = w_own.sum(1)
+        own_mean = (w_own @ own) / total.clamp(min=1e-12)
+        at_g = means[torch.arange(len(g), device=h0.device), g]
+        step = KERNEL_SCALE * self.kernel_self * (own_mean - at_g) * (total > 0) * self.observed_measured[g]
+        means = means.index_put((torch.arange(len(g), device=h0.device), g), step, accumulate=True)
+        return h0.new_zeros(len(genes), n).index_copy(0, present, means).view(len(sets), -1, n).sum(1)
 
     def forward(self, graph: GraphTensors, perturbed: Tensor, *, context: int = 0, with_graph_loss: bool = False,
                 with_auxiliary: bool = False):
@@ -702,7 +780,7 @@ class GRAPE(nn.Module):
         auxiliary = (rows.new_zeros(0), h0.new_zeros(0, graph.num_nodes))
         if self.config.doubles == "joint":
             sets, inverse = torch.unique(rows, dim=0, return_inverse=True)
-            delta = self._propagate(graph, h0, structure, sets)[0][inverse]
+            delta = self._propagate(graph, h0, structure, sets, context)[0][inverse]
         else:
             delta, auxiliary = self._additive(graph, h0, structure, rows, context=context,
                                               with_auxiliary=with_auxiliary)
@@ -724,7 +802,7 @@ class GRAPE(nn.Module):
         if len(d):
             parts += [torch.cat([d[:, 1:], pad[double]], 1), d, torch.full_like(d[:1], -1)]
         sets, inverse = torch.unique(torch.cat(parts), dim=0, return_inverse=True)
-        delta_sets, states = self._propagate(graph, h0, structure, sets)
+        delta_sets, states = self._propagate(graph, h0, structure, sets, context)
         delta = delta_sets[inverse[:b]]
         auxiliary = (rows.new_zeros(0), delta.new_zeros(0, delta.shape[1]))
         if not len(d):

@@ -408,7 +408,7 @@ def _fit(
     row_context = problem.context_index if len(problem.contexts) > 1 else None
     graph = graph.to(device)
     model = build_model(graph, options).to(device)
-    if options.observed_singles:
+    if options.observed_singles or options.singles == "kernel":
         set_observed_singles(model, problem, torch.cat([rows["train"], rows["val"]]), graph.num_nodes)
     facts: dict = {"pretrain_loss": pretrain(model, graph, options=options, generator=generator)}
     optimizer = _optimizer(model.parameters(), options)

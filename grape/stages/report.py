@@ -2,7 +2,8 @@
 
 Reads the evaluation's tables (``metrics.tsv``, ``per_condition.tsv``, ``metrics.json``,
 ``test_predictions.h5ad``), each variant's ``history.tsv`` and, when the run has them, the
-learned networks and their recovery table; writes ``summary.md`` and the plots of
+learned networks and their recovery table, and with repeated splits (split.seeds) the aggregate's
+``headline.tsv``; writes ``summary.md`` and the plots of
 :data:`grape.evaluation.report.PLOTS` (see :mod:`grape.evaluation.report`).
 """
 
@@ -33,6 +34,8 @@ FILES = {
                         required=False, many=True),
     "recovery": PathArg("network recovery table (precision at k of learned vs prior graph), when measured",
                         required=False),
+    "headline": PathArg("headline.tsv from `grape aggregate` (model minus best baseline over the repeated splits "
+                        "of split.seeds), when the run has them: the top of summary.md", required=False),
     "out_dir": PathArg("output directory: summary.md and the plots"),
 }
 
@@ -52,6 +55,7 @@ def run(
     out_dir: Path,
     networks: list[Path] | None = None,
     recovery: Path | None = None,
+    headline: Path | None = None,
 ) -> None:
     """Write summary.md and the plots; log the summary."""
     from grape.evaluation import plots
@@ -72,12 +76,13 @@ def run(
             tables[variant_of(path)] = frame
         degrees = network_degrees(tables)
     recovery_table = pd.read_csv(recovery, sep="\t") if recovery else None
+    headline_table = pd.read_csv(headline, sep="\t") if headline else None
 
     drawn = figures(metrics_table, per_condition_table, table, histories, options=options, degrees=degrees)
     for key, fig in drawn.items():
         plots.save(fig, out_dir / PLOTS[key])
     text = summarize(metrics_table, histories, per_condition=per_condition_table, evaluation=evaluation,
                      degrees=degrees[0] if degrees is not None else None, recovery=recovery_table,
-                     digits=options.digits)
+                     headline=headline_table, digits=options.digits)
     write_text_atomic(out_dir / "summary.md", text)
     log.info("summary:\n%s", text)
