@@ -329,3 +329,16 @@ def test_patience_counts_epochs_between_validations(inputs, tmp_path, monkeypatc
     # validations at epochs 2, 4, 6: the best at 2, and 6 - 2 = 4 epochs without a better one
     assert history["epoch"].tolist() == list(range(1, 7))
     assert yaml.safe_load((tmp_path / "model.yaml").read_text())["best_epoch"] == 2
+
+
+def test_pearson_loss_is_one_minus_the_per_condition_correlation():
+    target = torch.tensor([[1.0, -1.0, 0.5, 0.0], [0.2, 0.4, -0.3, 0.1]])
+    options = dataclasses.replace(OPTIONS, loss_pearson=0.5)
+    assert "pearson" not in train.loss_terms(target, target, options=OPTIONS)  # weight 0: not computed
+    assert float(train.loss_terms(target, target, options=options)["pearson"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(train.loss_terms(-target, target, options=options)["pearson"]) == pytest.approx(2.0, abs=1e-6)
+    scaled = 3.0 * target + 1.0  # correlation ignores scale and offset, the MSE does not
+    terms = train.loss_terms(scaled, target, options=options)
+    assert float(terms["pearson"]) == pytest.approx(0.0, abs=1e-6) and float(terms["mse"]) > 0.1
+    flat = torch.zeros_like(target)  # a constant prediction has no correlation: counted as 0
+    assert float(train.loss_terms(flat, target, options=options)["pearson"]) == pytest.approx(1.0)

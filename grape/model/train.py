@@ -7,7 +7,8 @@ only predicted. The split comes from ``grape split``.
 
 Steps: (1) optional contrastive alignment pretraining of the text and DNA encoders
 (``pretrain_epochs``); (2) training with the loss ``loss_mse * MSE + loss_huber *
-Huber(huber_delta) + loss_direction * direction + loss_graph * graph regulariser``;
+Huber(huber_delta) + loss_direction * direction + loss_pearson * (1 - per-condition Pearson of the
+changes) + loss_graph * graph regulariser``;
 the MSE on expression equals the MSE on the change (the control mean is fixed); the
 direction term is a differentiable form of GEARS' (``(sign(y) - tanh(pred / 0.1))^2``).
 Optional co-expression edges (``coexpression_k``) come from the training conditions'
@@ -318,6 +319,9 @@ def loss_terms(pred: torch.Tensor, target: torch.Tensor, *, options: Options) ->
     terms = {"mse": torch.nn.functional.mse_loss(pred, target)}
     if options.loss_huber:
         terms["huber"] = torch.nn.functional.huber_loss(pred, target, delta=options.huber_delta)
+    if options.loss_pearson:
+        r = pearson_rows(pred, target)
+        terms["pearson"] = (1 - r.nan_to_num(0.0)).mean()
     if options.loss_direction:
         terms["direction"] = (torch.sign(target) - torch.tanh(pred / 0.1)).pow(2).mean()
     return terms
@@ -489,12 +493,13 @@ def batch_loss(model: GRAPE, graph: GraphTensors, perturbed: torch.Tensor, delta
     terms = loss_terms(pred[:, measured], delta[rows], options=options)
     terms["graph"] = graph_loss
     loss = (options.loss_mse * terms["mse"] + options.loss_huber * terms.get("huber", 0.0)
-            + options.loss_direction * terms.get("direction", 0.0) + options.loss_graph * graph_loss)
+            + options.loss_direction * terms.get("direction", 0.0) + options.loss_pearson * terms.get("pearson", 0.0)
+            + options.loss_graph * graph_loss)
     if len(aux_rows):  # doubles also predicted from the network's own singles (see GRAPE.forward)
         aux = loss_terms(aux_pred[:, measured], delta[rows][aux_rows], options=options)
         loss = loss + len(aux_rows) / len(rows) * (
             options.loss_mse * aux["mse"] + options.loss_huber * aux.get("huber", 0.0)
-            + options.loss_direction * aux.get("direction", 0.0))
+            + options.loss_direction * aux.get("direction", 0.0) + options.loss_pearson * aux.get("pearson", 0.0))
     return loss, terms
 
 
