@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-METRICS = ("pearson_delta", "rmse", "mse_top20_de_non_dropout", "frac_correct_direction_20", "discrimination_score_l1")
+from grape.evaluation.aggregate import Options, verdict
+
+METRICS = tuple(Options().metrics)  # the aggregate stage's default metrics
 SHORT = {"pearson_delta": "pearson_delta", "rmse": "RMSE", "mse_top20_de_non_dropout": "top-20 DE MSE",
          "frac_correct_direction_20": "direction top-20", "discrimination_score_l1": "discrimination"}
 
@@ -47,8 +49,7 @@ def gains_table(comparison: pd.DataFrame, subgroup: str, models: list[str], base
                     cells.append("")
                     continue
                 r = row.iloc[0]
-                verdict = "better" if r["better"] else "worse" if r["worse"] else "level"
-                cells.append(f"{r['gain']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}] {verdict}")
+                cells.append(f"{r['gain']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}] {verdict(r)}")
             if any(cells):
                 rows.append(f"| {model} | {baseline} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
