@@ -15,6 +15,7 @@ import pytest
 from grape.evaluation import report
 from grape.evaluation.evaluate import summarize as summarize_metrics
 from grape.evaluation.metrics import HEADLINE, METRICS
+from grape.evaluation import plots
 from grape.evaluation.plots import degree_by_pair, network_columns
 from grape.stages import report as report_stage
 from workflow_tools import TINY, TINY_ARGS, snakemake
@@ -195,3 +196,18 @@ def test_snakemake_report_holds_every_plot_and_table(tiny_run, tmp_path):
     assert set(summary["models"]) >= {"grape", "grape_no_gsl", "no_change", "mean", "additive", "linear"}
     # the summary is logged by the report job
     assert "# GRAPE run summary" in (tiny_run / "logs" / TINY["run"] / "report.log").read_text()
+
+
+def test_an_ensemble_history_lists_each_member(tmp_path):
+    """history.tsv of train.ensemble 2 (a member column): one training row per member, one curve set each."""
+    paths = evaluation_outputs(tmp_path)
+    metrics = pd.read_csv(paths["metrics"], sep="\t")
+    one = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.8, 0.7], "val_mse": [0.9, 0.5, 0.6]})
+    other = one.assign(val_mse=[0.9, 0.8, 0.4])
+    history = pd.concat([one.assign(member=0), other.assign(member=1)], ignore_index=True)
+    text = report.summarize(metrics, {"full": history})
+    assert "| full (member 0) | 3 | 2 | 0.5000 |" in text and "| full (member 1) | 3 | 3 | 0.4000 |" in text
+    fig = plots.training_curves({"full": history})
+    lines = fig.axes[0].get_lines()
+    assert sum(1 for line in lines if line.get_label() in ("train_loss", "val_mse")) == 2  # the first member labelled
+    assert sum(1 for line in lines if len(line.get_xdata()) == 3) == 4  # two curves per member, never joined

@@ -342,3 +342,43 @@ def test_pearson_loss_is_one_minus_the_per_condition_correlation():
     assert float(terms["pearson"]) == pytest.approx(0.0, abs=1e-6) and float(terms["mse"]) > 0.1
     flat = torch.zeros_like(target)  # a constant prediction has no correlation: counted as 0
     assert float(train.loss_terms(flat, target, options=options)["pearson"]) == pytest.approx(1.0)
+
+
+def test_ensemble_predicts_the_mean_of_its_members(trained, inputs, tmp_path):
+    """``ensemble`` 2: members with seeds 0 and 1, each trained as on its own; the predictions are their mean,
+    every member is saved and reloads, and history.tsv tells the members apart."""
+    dataset, graph, adata = inputs
+    split_path = dataset.parent / "split.tsv"
+    train_stage.run(options=dataclasses.replace(OPTIONS, ensemble=2), dataset=dataset, graph=graph, split=split_path,
+                    out_dir=tmp_path / "ens")
+    train_stage.run(options=dataclasses.replace(OPTIONS, seed=1), dataset=dataset, graph=graph, split=split_path,
+                    out_dir=tmp_path / "seed1")
+    alone = [np.asarray(ad.read_h5ad(d / "predictions.h5ad").X) for d in (trained, tmp_path / "seed1")]
+    ens = np.asarray(ad.read_h5ad(tmp_path / "ens" / "predictions.h5ad").X)
+    np.testing.assert_allclose(ens, (alone[0] + alone[1]) / 2, atol=1e-5)
+    assert np.abs(alone[0] - alone[1]).max() > 1e-3  # the members differ: the mean is not one of them
+
+    meta = yaml.safe_load((tmp_path / "ens" / "model.yaml").read_text())
+    assert [m["seed"] for m in meta["ensemble"]] == [0, 1]
+    history = pd.read_csv(tmp_path / "ens" / "history.tsv", sep="\t")
+    assert history.columns[0] == "member" and set(history["member"]) == {0, 1}
+    for member, single in ((0, trained), (1, tmp_path / "seed1")):
+        own = pd.read_csv(single / "history.tsv", sep="\t")
+        assert history.loc[history["member"] == member, "train_mse"].tolist() == own["train_mse"].tolist()
+        assert meta["ensemble"][member]["best_epoch"] == yaml.safe_load((single / "model.yaml").read_text())["best_epoch"]
+
+    members = train.load_ensemble(tmp_path / "ens" / "model.yaml", tmp_path / "ens" / "model.safetensors")
+    assert len(members) == 2
+    loaded = load_graph(graph)
+    problem = train.build_problem(adata, loaded, options=OPTIONS)
+    control = np.zeros(len(loaded.genes), dtype=np.float32)
+    flag = np.zeros(len(loaded.genes), dtype=np.float32)
+    control[problem.measured_nodes.numpy()] = problem.control
+    flag[problem.measured_nodes.numpy()] = 1.0
+    tensors = train.graph_tensors(loaded, control, flag)
+    np.testing.assert_allclose(train.predict(members[1], problem, tensors, device="cpu"), alone[1], atol=1e-5)
+    np.testing.assert_allclose(train.predict_ensemble(members, problem, tensors, device="cpu"), ens, atol=1e-5)
+    with pytest.raises(ValueError, match="no ensemble member 2"):
+        train.load_model(tmp_path / "ens" / "model.yaml", tmp_path / "ens" / "model.safetensors", member=2)
+    # a single model reloads as an ensemble of one
+    assert len(train.load_ensemble(trained / "model.yaml", trained / "model.safetensors")) == 1

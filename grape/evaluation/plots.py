@@ -157,11 +157,16 @@ def training_curves(histories: Mapping[str, pd.DataFrame]) -> Figure:
         if "epoch" not in history.columns:
             raise ValueError(f"history of variant {variant!r} has no 'epoch' column (columns: "
                              f"{', '.join(map(str, history.columns))})")
-        numeric = [c for c in history.columns if c != "epoch" and pd.api.types.is_numeric_dtype(history[c])]
+        numeric = [c for c in history.columns if c not in ("epoch", "member")
+                   and pd.api.types.is_numeric_dtype(history[c])]
         curves = [c for c in numeric if c.startswith(("train", "val"))] or [c for c in numeric if c != "seconds"]
-        for col in curves:
-            style = "-" if col.startswith("val") else "--"
-            ax.plot(history["epoch"], history[col], style, lw=1.2, label=col)
+        members = [history] if "member" not in history.columns else [g for _, g in history.groupby("member")]
+        for k, member in enumerate(members):  # an ensemble (train.ensemble): the first member labelled, the rest faint
+            for i, col in enumerate(curves):
+                style = "-" if col.startswith("val") else "--"
+                ax.plot(member["epoch"], member[col], style, lw=1.2 if k == 0 else 0.6, color=f"C{i}",
+                        alpha=1.0 if k == 0 else 0.4, label=col if k == 0 else None)
+        history = members[0]
         if "val_mse" in history.columns and history["val_mse"].notna().any():
             best = history.loc[history["val_mse"].idxmin()]
             ax.axvline(best["epoch"], color="#999999", lw=0.8, ls=":")

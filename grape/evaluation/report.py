@@ -256,7 +256,11 @@ def summarize(
                       + (" (per context, on that context's rows)." if contexts else ".")
                       + "".join(f"\n- {x}" for x in notes)]
     rows = []
-    for variant, history in histories.items():
+    runs = [(variant if "member" not in history.columns or history["member"].nunique() == 1
+             else f"{variant} (member {member})", part)
+            for variant, history in histories.items()
+            for member, part in ([(0, history)] if "member" not in history.columns else history.groupby("member"))]
+    for variant, history in runs:
         if "val_mse" in history.columns and history["val_mse"].notna().any():
             best = history.loc[history["val_mse"].idxmin()]
             rows.append({"variant": variant, "epochs run": int(history["epoch"].max()),

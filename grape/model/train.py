@@ -546,21 +546,55 @@ def predict(model: GRAPE, problem: Problem, graph: GraphTensors, *, device: str,
     return delta[:, problem.measured_nodes].numpy() + problem.controls[problem.context_index.numpy()]
 
 
-def load_model(model_yaml: Path, model_file: Path, *, device: str = "cpu") -> GRAPE:
-    """Rebuild a trained model from ``model.yaml`` and its ``state_dict`` (safetensors)."""
+MEMBER_PREFIX = "member{}."
+
+
+def ensemble_state(members) -> dict[str, torch.Tensor]:
+    """One safetensors dict for the members of an ensemble: the first's ``state_dict`` under its own
+    names (what :func:`load_model` reads), member ``k >= 1``'s under ``member<k>.``."""
+    state = {}
+    for k, model in enumerate(members):
+        prefix = MEMBER_PREFIX.format(k) if k else ""
+        state.update({prefix + name: v.contiguous().cpu() for name, v in model.state_dict().items()})
+    return state
+
+
+def load_model(model_yaml: Path, model_file: Path, *, device: str = "cpu", member: int = 0) -> GRAPE:
+    """Rebuild a trained model from ``model.yaml`` and its ``state_dict`` (safetensors): member
+    ``member`` of an ensemble (``train.ensemble``; the first by default, the only one without)."""
     from safetensors.torch import load_file
 
     meta = yaml.safe_load(Path(model_yaml).read_text())
     config = ModelConfig(**{**meta["model_config"], "modalities": tuple(meta["model_config"]["modalities"])})
     model = GRAPE(num_nodes=meta["num_nodes"], modality_dims=meta["modality_dims"], context_dim=meta["context_dim"],
                   node_types=tuple(meta["node_types"]), config=config)
-    state = load_file(str(model_file), device=device)
+    stored = load_file(str(model_file), device=device)
+    prefix = MEMBER_PREFIX.format(member) if member else ""
+    state = {k[len(prefix):]: v for k, v in stored.items() if k.startswith(prefix) and (prefix or not k.startswith("member"))}
+    if not state:
+        raise ValueError(f"{model_file}: no ensemble member {member} (members: {len(meta.get('ensemble') or [None])})")
     if state["observed_row"].dim() == 1:  # a model saved before contexts: one context
         state["observed_row"] = state["observed_row"].unsqueeze(0)
     for name in ("observed_row", "observed_delta", "observed_measured"):  # sized by the training data
         setattr(model, name, state[name])
     model.load_state_dict(state)
     return model.to(device).eval()
+
+
+def load_ensemble(model_yaml: Path, model_file: Path, *, device: str = "cpu") -> list[GRAPE]:
+    """Every member of a trained ensemble (one model when ``train.ensemble`` was 1); the train stage's
+    predictions are the mean of theirs (:func:`predict_ensemble`)."""
+    meta = yaml.safe_load(Path(model_yaml).read_text())
+    return [load_model(model_yaml, model_file, device=device, member=k) for k in range(max(1, len(meta.get("ensemble") or [])))]
+
+
+def predict_ensemble(members, problem: Problem, graph: GraphTensors, *, device: str, batch_size: int = 64) -> np.ndarray:
+    """The mean of the members' :func:`predict`, in the order the train stage sums them."""
+    total = None
+    for model in members:
+        pred = predict(model, problem, graph, device=device, batch_size=batch_size)
+        total = pred if total is None else total + pred
+    return total / len(members) if len(members) > 1 else total
 
 
 def add_coexpression(tensors: GraphTensors, problem: Problem, train_conditions: list[str], *,
@@ -578,13 +612,14 @@ def add_coexpression(tensors: GraphTensors, problem: Problem, train_conditions: 
 class Trained:
     """A trained model and what the train stage writes of it."""
 
-    model: GRAPE
+    model: GRAPE  # the first member of the ensemble (the only one with ``ensemble`` 1)
     tensors: GraphTensors  # the model's input graph (prior plus co-expression edges), on the CPU
-    history: pd.DataFrame  # one row per epoch
-    facts: dict  # best_epoch, pretrain_loss
+    history: pd.DataFrame  # one row per epoch (and member, column ``member``, with ``ensemble`` above 1)
+    facts: dict  # best_epoch, pretrain_loss of the first member; ``members``: each member's seed and facts
     predictions: np.ndarray  # [R, G] predicted mean expression of every row of the problem
     network: pd.DataFrame  # the learned network of the first context (grape.graph.network.export_network)
     device: str
+    members: tuple[GRAPE, ...] = ()  # every member, the first included (``ensemble``)
 
 
 def train_model(problem: Problem, graph: Graph, split: pd.DataFrame, *, options: Options,
@@ -606,17 +641,38 @@ def train_model(problem: Problem, graph: Graph, split: pd.DataFrame, *, options:
              "%d context(s)", options.ablation or "full model", device, graph.variant, tensors.num_nodes,
              tensors.edge_index.shape[1], len(tensors.relations), len(dict.fromkeys(problem.conditions)),
              len(problem.contexts))
-    model, history, facts = fit(problem, tensors, split, options=options, device=device)
-    predictions = predict(model, problem, tensors, device=device)
-    network = export_network(model, tensors.to(device), genes=graph.genes, biotypes=graph.biotypes,
+    members, histories, member_facts = [], [], []
+    for k in range(options.ensemble):  # member k: seed + k; the mean of the members' predictions
+        member_options = dataclasses.replace(options, seed=options.seed + k)
+        if options.ensemble > 1:
+            log.info("ensemble member %d of %d (seed %d)", k + 1, options.ensemble, member_options.seed)
+        model, history, facts = fit(problem, tensors, split, options=member_options, device=device)
+        members.append(model)
+        histories.append(history.assign(member=k) if options.ensemble > 1 else history)
+        member_facts.append({"seed": member_options.seed, **facts})
+    predictions = predict_ensemble(members, problem, tensors, device=device)
+    history = pd.concat(histories, ignore_index=True)
+    if options.ensemble > 1:
+        history = history[["member", *[c for c in history.columns if c != "member"]]]
+    facts = {**member_facts[0], "members": member_facts}
+    network = export_network(members[0], tensors.to(device), genes=graph.genes, biotypes=graph.biotypes,
                              k=options.network_k)
-    return Trained(model, tensors, history, facts, predictions, network, str(device))
+    return Trained(members[0], tensors, history, facts, predictions, network, str(device), tuple(members))
 
 
 def model_record(trained: Trained, problem: Problem, *, options: Options, graph_variant: str) -> dict:
     """The content of ``model.yaml``: resolved options and shapes (enough for :func:`load_model`), the best epoch."""
     model, tensors, history, facts = trained.model, trained.tensors, trained.history, trained.facts
-    best = history.loc[history["epoch"] == facts["best_epoch"]].iloc[0]
+    first = history if "member" not in history.columns else history.loc[history["member"] == 0]
+    best = first.loc[first["epoch"] == facts["best_epoch"]].iloc[0]
+
+    def best_of(member: int, epoch: int) -> dict:
+        rows = history if "member" not in history.columns else history.loc[history["member"] == member]
+        row = rows.loc[rows["epoch"] == epoch].iloc[0]
+        return {"best_val_mse": float(row["val_mse"]), "best_val_pearson_delta": float(row["val_pearson_delta"])}
+
+    members = [{"member": k, "seed": int(f["seed"]), "best_epoch": int(f["best_epoch"]), **best_of(k, f["best_epoch"])}
+               for k, f in enumerate(facts.get("members", []))]
     return {
         "grape_version": __version__, "model": "GRAPE", "variant": options.ablation or "full",
         "graph_variant": graph_variant,
@@ -629,6 +685,7 @@ def model_record(trained: Trained, problem: Problem, *, options: Options, graph_
         "best_epoch": int(facts["best_epoch"]), "best_val_mse": float(best["val_mse"]),
         "best_val_pearson_delta": float(best["val_pearson_delta"]),
         "pretrain_loss": facts["pretrain_loss"], "device": trained.device,
+        "ensemble": members,  # each member's seed and selected epoch (the first is the fields above)
     }
 
 

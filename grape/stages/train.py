@@ -59,7 +59,7 @@ def run(*, options: Options, dataset: Path, graph: Path, split: Path, out_dir: P
     with atomic_path(out_dir / "network.tsv") as tmp:
         trained.network.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     with atomic_path(out_dir / "model.safetensors") as tmp:
-        save_file({k: v.contiguous().cpu() for k, v in trained.model.state_dict().items()}, str(tmp))
+        save_file(train.ensemble_state(trained.members or (trained.model,)), str(tmp))
     record = train.model_record(trained, problem, options=options, graph_variant=loaded.variant)
     write_text_atomic(out_dir / "model.yaml", yaml.safe_dump(record, sort_keys=False))
     with atomic_path(out_dir / "predictions.h5ad") as tmp:
