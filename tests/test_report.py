@@ -88,7 +88,7 @@ def test_run_writes_the_summary_and_every_plot(tmp_path):
     assert "## pearson_delta ↑ by test subgroup" in text and "combo_seen0 (n=1)" in text
     assert "coding → noncoding" in text  # learned network by node type
     assert "| learned | 5 | 0.3000 |" in text  # the recovery table
-    assert "| full | 3 | 2 | 0.6000 |" in text  # training: epochs, best epoch, best val_mse
+    assert "| full | 3 | 2 | 0.6000 |" in text  # training: epochs, epoch of the lowest val_mse, that val_mse
     assert "1 test conditions with every single seen" in text
 
 

@@ -170,7 +170,7 @@ def training_curves(histories: Mapping[str, pd.DataFrame]) -> Figure:
         if "val_mse" in history.columns and history["val_mse"].notna().any():
             best = history.loc[history["val_mse"].idxmin()]
             ax.axvline(best["epoch"], color="#999999", lw=0.8, ls=":")
-            ax.annotate(f"best epoch {int(best['epoch'])}", (best["epoch"], best["val_mse"]), fontsize=7,
+            ax.annotate(f"lowest val_mse, epoch {int(best['epoch'])}", (best["epoch"], best["val_mse"]), fontsize=7,
                         xytext=(4, 8), textcoords="offset points")
         positive = history[curves].to_numpy(dtype=float)
         if curves and np.nanmin(positive) > 0:

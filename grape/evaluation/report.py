@@ -264,10 +264,10 @@ def summarize(
         if "val_mse" in history.columns and history["val_mse"].notna().any():
             best = history.loc[history["val_mse"].idxmin()]
             rows.append({"variant": variant, "epochs run": int(history["epoch"].max()),
-                         "best epoch": int(best["epoch"]), "best val_mse": float(best["val_mse"])})
+                         "epoch of lowest val_mse": int(best["epoch"]), "lowest val_mse": float(best["val_mse"])})
         else:
             rows.append({"variant": variant, "epochs run": int(history["epoch"].max()),
-                         "best epoch": "-", "best val_mse": float("nan")})
+                         "epoch of lowest val_mse": "-", "lowest val_mse": float("nan")})
     parts += ["## Training", markdown_table(pd.DataFrame(rows), digits)]
     if degrees is not None:
         parts += ["## Learned network",
