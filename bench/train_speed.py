@@ -11,6 +11,7 @@ of an epoch) and no early stop; the figure is the median of ``history.tsv``'s ``
     git worktree add /tmp/grape-da19230 da19230     # or: git archive da19230 | tar -x -C /tmp/grape-da19230
     .venv/bin/python bench/train_speed.py speed --old /tmp/grape-da19230 --out bench/train_speed.tsv
     .venv/bin/python bench/train_speed.py speed --old <checkout> --kinds carpool random --old-epochs 3 --new-epochs 3
+    .venv/bin/python bench/train_speed.py speed --old "$PWD" --kinds carpool random --new-set dropout_shared=1
     .venv/bin/python bench/train_speed.py scaling --out bench/train_scaling.tsv
     .venv/bin/python bench/train_speed.py metrics --old /tmp/grape-da19230 --seeds 0 1 2 --out bench/train_metrics.tsv
     .venv/bin/python bench/train_speed.py metrics --seeds 0 1 2 --out bench/train_refresh_metrics.tsv
@@ -172,11 +173,13 @@ def speed(args: argparse.Namespace) -> None:
                 continue
             path = _inputs(kind, genes, Path(tmp))
             load = _load()
-            old, new = _launch(Path(args.old), path, epochs=old_epochs), _launch(ROOT, path, epochs=new_epochs)
+            old = _launch(Path(args.old), path, epochs=old_epochs, overrides=tuple(args.old_set))
+            new = _launch(ROOT, path, epochs=new_epochs, overrides=tuple(args.new_set))
             r_old, r_new = _result(old), _result(new)
             row = {"problem": kind, "nodes": r_new["nodes"], "old_epoch_s": _median_after_first(r_old["epoch_seconds"]),
                    "new_epoch_s": _median_after_first(r_new["epoch_seconds"]), "old_epochs": old_epochs,
-                   "new_epochs": new_epochs, "load_before": load, "load_after": _load(), "threads": 1}
+                   "new_epochs": new_epochs, "load_before": load, "load_after": _load(), "threads": 1,
+                   "old_set": " ".join(args.old_set), "new_set": " ".join(args.new_set)}
             row["speedup"] = row["old_epoch_s"] / row["new_epoch_s"]
             print(row, flush=True)
             rows.append(row)
@@ -273,6 +276,8 @@ def main() -> None:
     s.add_argument("--new-epochs", type=int, default=10)
     s.add_argument("--kinds", nargs="+", default=["demo", "carpool", "random"],
                    help="problems to run (demo carpool random)")
+    s.add_argument("--old-set", nargs="*", default=[], help="integer option overrides of the old run, key=value")
+    s.add_argument("--new-set", nargs="*", default=[], help="integer option overrides of the new run, key=value")
     s.add_argument("--out", type=Path)
     c = sub.add_parser("scaling")
     c.add_argument("--genes", type=int, nargs="+", default=[2000, 5000, 10000, 20000])

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--screen", type=Path, action="append", required=True, help="a screen's config (repeat)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="split.seeds of the runs")
-    parser.add_argument("--trials", type=int, default=24, help="trials this process runs")
+    parser.add_argument("--trials", type=int, default=24, help="trials this process runs (0: write --out of the stored study)")
     parser.add_argument("--storage", default=None, help="Optuna storage shared by processes (sqlite:///...)")
     parser.add_argument("--study", default="grape", help="study name in the storage")
     parser.add_argument("--sampler-seed", type=int, default=0)
@@ -124,10 +124,10 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(1)
 
-    screens = [load_screen(p, args.seeds) for p in args.screen]
+    screens = [load_screen(p, args.seeds) for p in args.screen] if args.trials > 0 else []  # 0: only --out
     study = optuna.create_study(study_name=args.study, storage=args.storage, direction="maximize",
                                 load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=args.sampler_seed))
-    if args.defaults_first:
+    if args.defaults_first and screens:
         defaults = {k: getattr(screens[0].options, k) for k in space(_Keys())}
         study.enqueue_trial(defaults, skip_if_exists=True)
 
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     study.optimize(objective, n_trials=args.trials)
     if args.out is not None:
         table = study.trials_dataframe(attrs=("number", "value", "params", "user_attrs", "state"))
-        table.to_csv(args.out, sep="\t", index=False, float_format="%.6g")
+        table.sort_values("value", ascending=False).to_csv(args.out, sep="\t", index=False, float_format="%.6g")
     log.info("best trial %d: %.4f %s", study.best_trial.number, study.best_value, study.best_params)
 
 

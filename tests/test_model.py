@@ -631,3 +631,25 @@ def test_network_singles_ignore_the_observed_singles():
     before = model(graph, torch.tensor([[5, -1], [3, -1]]))
     model.set_observed_singles(genes, observed, measured)
     torch.testing.assert_close(model(graph, torch.tensor([[5, -1], [3, -1]])), before)
+
+
+def test_shared_dropout_masks_every_injection_set_alike():
+    from grape.model.gnn import StateDropout
+
+    torch.manual_seed(0)
+    x = torch.randn(50, 6, 8) + 3.0  # no zeros of its own
+    shared, per_set = StateDropout(0.5, shared=True), StateDropout(0.5)
+    y = shared(x)
+    kept = y != 0
+    assert torch.equal(kept, kept[:, :1].expand_as(kept))  # one mask per node and channel, every set alike
+    assert 0.3 < kept[:, 0].float().mean() < 0.7
+    torch.testing.assert_close(y[kept], 2.0 * x[kept])  # survivors scaled by 1 / (1 - p)
+    z = per_set(x) != 0
+    assert not torch.equal(z, z[:, :1].expand_as(z))  # nn.Dropout's mask differs between sets
+    torch.manual_seed(1)
+    a = per_set(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, torch.nn.functional.dropout(x, 0.5, True))  # per set: exactly nn.Dropout's draws
+    shared.eval()
+    assert torch.equal(shared(x), x)
+    assert torch.equal(StateDropout(0.0, shared=True)(x), x)

@@ -382,3 +382,18 @@ def test_ensemble_predicts_the_mean_of_its_members(trained, inputs, tmp_path):
         train.load_model(tmp_path / "ens" / "model.yaml", tmp_path / "ens" / "model.safetensors", member=2)
     # a single model reloads as an ensemble of one
     assert len(train.load_ensemble(trained / "model.yaml", trained / "model.safetensors")) == 1
+
+
+def test_shared_dropout_trains_deterministically(inputs, tmp_path):
+    dataset, graph, _ = inputs
+    opts = dataclasses.replace(OPTIONS, epochs=4, pretrain_epochs=0, dropout_shared=True)
+    for name in ("a", "b"):
+        train_stage.run(options=opts, dataset=dataset, graph=graph, split=dataset.parent / "split.tsv",
+                        out_dir=tmp_path / name)
+    a, b = (pd.read_csv(tmp_path / n / "history.tsv", sep="\t") for n in ("a", "b"))
+    assert a["train_mse"].tolist() == b["train_mse"].tolist()
+    assert yaml.safe_load((tmp_path / "a" / "model.yaml").read_text())["model_config"]["dropout_shared"] is True
+    default = tmp_path / "c"
+    train_stage.run(options=dataclasses.replace(opts, dropout_shared=False), dataset=dataset, graph=graph,
+                    split=dataset.parent / "split.tsv", out_dir=default)
+    assert pd.read_csv(default / "history.tsv", sep="\t")["train_mse"].tolist() != a["train_mse"].tolist()

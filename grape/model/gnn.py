@@ -145,7 +145,7 @@ class GraphTensors:
 #: has these fields, with the schema's defaults and help (``train.Options.model_config`` copies them).
 MODEL_OPTIONS = ("hidden", "layers", "dropout", "modalities", "gsl", "gsl_layers", "gsl_heads", "gsl_k",
                  "gsl_prior_weight", "gsl_refresh", "global_context", "doubles", "singles", "observed_singles",
-                 "temperature")
+                 "temperature", "dropout_shared")
 
 
 @dataclass(frozen=True)
@@ -462,10 +462,30 @@ class StructureLearner(nn.Module):
         return src, dst, sim.clamp(min=0), graph_loss
 
 
+class StateDropout(nn.Module):
+    """Dropout of the condition states ``[N, S, hidden]``: ``nn.Dropout``'s (a mask per node, injection
+    set and channel), or with ``shared`` one mask per node and channel for every injection set of the
+    forward pass, so that the sets of one step (a double, its singles, the control) differ by their
+    perturbations only, and the mask is ``S`` times smaller to draw."""
+
+    def __init__(self, p: float, *, shared: bool = False) -> None:
+        super().__init__()
+        self.p, self.shared = p, shared
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if not self.shared:
+            return nn.functional.dropout(x, self.p, True)
+        mask = torch.empty(x.shape[0], 1, x.shape[2], device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
+        return x * mask.div_(1 - self.p)
+
+
 class RelationAttentionLayer(nn.Module):
     """One round of message passing with attention and message weights per relation."""
 
-    def __init__(self, hidden: int, *, relations: int, node_types: int, attention_hidden: int, dropout: float) -> None:
+    def __init__(self, hidden: int, *, relations: int, node_types: int, attention_hidden: int, dropout: float,
+                 shared_dropout: bool = False) -> None:
         super().__init__()
         scale = 1.0 / math.sqrt(hidden)
         self.att_src = nn.Parameter(torch.randn(relations, hidden, attention_hidden) * scale)
@@ -474,7 +494,7 @@ class RelationAttentionLayer(nn.Module):
         self.message = nn.Parameter(torch.randn(relations, hidden, hidden) * scale)
         self.root = nn.ModuleList([nn.Linear(hidden, hidden) for _ in range(node_types)])
         self.norm = nn.LayerNorm(hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = StateDropout(dropout, shared=shared_dropout)
 
     def attention(self, h0: Tensor, structure: Structure) -> Tensor:
         """Attention of every edge, normalised over each target's incoming edges, ``[E]``."""
@@ -513,7 +533,7 @@ class RelationAttentionLayer(nn.Module):
         update = nn.functional.gelu(torch.cat(out) if types > 1 else out[0]).view(n, s, hid)
         if types > 1:
             update = update.index_select(0, plan.type_inverse)
-        if update.stride() != h.stride():  # dropout draws its mask in memory order: keep the states' layout
+        if not self.dropout.shared and update.stride() != h.stride():  # the mask is drawn in memory order: keep the layout
             update = torch.empty_like(h).copy_(update)
         return self.norm(h + self.dropout(update))
 
@@ -547,14 +567,15 @@ class GRAPE(nn.Module):
         )
         self.layers = nn.ModuleList([
             RelationAttentionLayer(h, relations=n_rel, node_types=len(node_types),
-                                   attention_hidden=config.attention_hidden, dropout=config.dropout)
+                                   attention_hidden=config.attention_hidden, dropout=config.dropout,
+                                   shared_dropout=config.dropout_shared)
             for _ in range(config.layers)
         ])
         self.perturbation = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, h))
         if config.global_context:
             self.global_gate = nn.Linear(h, h)
             self.global_proj = nn.Linear(h, h, bias=False)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = StateDropout(config.dropout, shared=config.dropout_shared)
         self.gene_weight = nn.Parameter(torch.zeros(num_nodes, h))
         self.gene_bias = nn.Parameter(torch.zeros(num_nodes))
         self.head = nn.Linear(h, 1)
