@@ -91,10 +91,11 @@ def _number(text: str, types: set[str]) -> int | float | None:
 
 
 def coerce_numbers(instance: Any, schema: dict[str, Any]) -> Any:
-    """Turn numeric strings into numbers where the schema says integer or number (and not string).
+    """Turn numeric strings into numbers where the schema says integer or number (and not string),
+    and ``"true"`` / ``"false"`` into booleans where it says boolean.
 
     PyYAML reads ``1e-3`` as a string, and ``snakemake --config "train={epochs: 3}"`` hands
-    ``"3"``; both become numbers, in place. A string that spells no number is left for the
+    ``"3"`` (``"train={gsl: false}"``: ``"false"``); all become numbers or booleans, in place. A string that spells no number is left for the
     validator to refuse, naming the key.
     """
     if isinstance(instance, MutableMapping):
@@ -116,7 +117,13 @@ def coerce_numbers(instance: Any, schema: dict[str, Any]) -> Any:
             value = _number(instance, types)
             if value is not None:
                 return value
+        if "boolean" in types and "string" not in types and instance.strip().lower() in BOOLEANS:
+            return BOOLEANS[instance.strip().lower()]
     return instance
+
+
+#: Strings that ``snakemake --config "train={gsl: false}"`` hands for a boolean (YAML 1.2's spellings).
+BOOLEANS = {"true": True, "false": False}
 
 
 def _message(error: jsonschema.ValidationError) -> str:

@@ -245,6 +245,14 @@ def test_numeric_strings_are_coerced_where_the_schema_says_number(config, schema
     assert cfg["embed"]["dna_max_length"] == 512 and isinstance(cfg["embed"]["dna_max_length"], int)
 
 
+def test_boolean_strings_are_coerced_where_the_schema_says_boolean(schema):
+    """`snakemake --config "train={gsl: false}"` hands the string "false"."""
+    cfg = validate_config({"train": {"gsl": "false", "dropout_shared": "True"}}, schema)
+    assert cfg["train"]["gsl"] is False and cfg["train"]["dropout_shared"] is True
+    with pytest.raises(ConfigError, match=r"config key train\.gsl: 'no' is not of type 'boolean'"):
+        validate_config({"train": {"gsl": "no"}}, schema)
+
+
 def test_yaml_exponent_without_dot_is_a_string_and_still_accepted(schema):
     cfg = yaml.safe_load("train:\n  lr: 1e-3\n  epochs: 1e2\n")
     assert cfg["train"]["lr"] == "1e-3"  # PyYAML's reading of YAML 1.1
