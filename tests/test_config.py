@@ -194,7 +194,8 @@ def test_model_config_is_the_train_options_of_its_names(schema):
         assert (list(default) if isinstance(default, tuple) else default) == train_keys[field.name]["default"], field.name
     changed = {"hidden": 7, "layers": 1, "dropout": 0.25, "modalities": ["dna"], "gsl": False, "gsl_layers": 3,
                "gsl_heads": 2, "gsl_k": 5, "gsl_prior_weight": 0.3, "gsl_refresh": 4, "global_context": False,
-               "doubles": "joint", "singles": "network", "observed_singles": False, "temperature": 0.2}
+               "doubles": "joint", "singles": "network", "observed_singles": False, "temperature": 0.2,
+               "dropout_shared": True}
     assert set(changed) == {f.name for f in dataclasses.fields(ModelConfig)} - internal
     config = train.Options(**changed).model_config()
     assert {k: getattr(config, k) for k in changed} == {**changed, "modalities": ("dna",)}
@@ -300,3 +301,20 @@ def test_snakemake_config_idiom_reaches_the_schema_as_numbers(repo, tmp_path):
     seen = json.loads(out.read_text())
     assert seen["raw"]["epochs"] == "3" and seen["raw"]["lr"] == "1e-3"  # what Snakemake hands over
     assert seen["validated"]["epochs"] == 3 and seen["validated"]["lr"] == 0.001
+
+
+def test_search_overlay_holds_the_searched_values(schema, repo):
+    """workflow/configs/search_singles.yaml: the best trial of bench/tune.tsv to three digits, a valid overlay."""
+    import math
+
+    import pandas as pd
+
+    overlay = yaml.safe_load((repo / "workflow" / "configs" / "search_singles.yaml").read_text())
+    trials = pd.read_csv(repo / "bench" / "tune.tsv", sep="\t")
+    best = trials[trials["state"] == "COMPLETE"].sort_values("value", ascending=False).iloc[0]
+    for key, value in overlay["train"].items():
+        searched = best[f"params_{key}"]
+        assert math.isclose(value, float(f"{searched:.3g}"), rel_tol=1e-9), key
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    config["train"] = {**config.get("train", {}), **overlay["train"]}
+    validate_config(config, schema, base_dir=repo)
