@@ -169,16 +169,17 @@ def test_measured_gene_absent_from_graph(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+def problem_and_tensors(adata: ad.AnnData, graph: Path):
+    """The problem and the model's input graph as the train stage builds them (no co-expression)."""
+    loaded = load_graph(graph)
+    problem = train.build_problem(adata, loaded, options=OPTIONS)
+    return problem, train.graph_tensors(loaded, *train.control_by_node(problem, len(loaded.genes)))
+
+
 def test_model_reloads_from_state_dict_and_yaml(trained, inputs):
     dataset, graph, adata = inputs
     model = train.load_model(trained / "model.yaml", trained / "model.safetensors")
-    loaded = load_graph(graph)
-    problem = train.build_problem(adata, loaded, options=OPTIONS)
-    control = np.zeros(len(loaded.genes), dtype=np.float32)
-    flag = np.zeros(len(loaded.genes), dtype=np.float32)
-    control[problem.measured_nodes.numpy()] = problem.control
-    flag[problem.measured_nodes.numpy()] = 1.0
-    tensors = train.graph_tensors(loaded, control, flag)
+    problem, tensors = problem_and_tensors(adata, graph)
     again = train.predict(model, problem, tensors, device="cpu")
     pred = ad.read_h5ad(trained / "predictions.h5ad")
     np.testing.assert_allclose(again, np.asarray(pred.X), atol=1e-5)
@@ -369,13 +370,7 @@ def test_ensemble_predicts_the_mean_of_its_members(trained, inputs, tmp_path):
 
     members = train.load_ensemble(tmp_path / "ens" / "model.yaml", tmp_path / "ens" / "model.safetensors")
     assert len(members) == 2
-    loaded = load_graph(graph)
-    problem = train.build_problem(adata, loaded, options=OPTIONS)
-    control = np.zeros(len(loaded.genes), dtype=np.float32)
-    flag = np.zeros(len(loaded.genes), dtype=np.float32)
-    control[problem.measured_nodes.numpy()] = problem.control
-    flag[problem.measured_nodes.numpy()] = 1.0
-    tensors = train.graph_tensors(loaded, control, flag)
+    problem, tensors = problem_and_tensors(adata, graph)
     np.testing.assert_allclose(train.predict(members[1], problem, tensors, device="cpu"), alone[1], atol=1e-5)
     np.testing.assert_allclose(train.predict_ensemble(members, problem, tensors, device="cpu"), ens, atol=1e-5)
     with pytest.raises(ValueError, match="no ensemble member 2"):
