@@ -22,8 +22,10 @@ N_GENES = 30
 GENES = [f"G{i:02d}" for i in range(N_GENES)]
 SINGLES = GENES[:12]
 DOUBLES = [(SINGLES[i], SINGLES[(i * 5 + 3) % 12]) for i in range(6)]
+# calibrate none: these tests compare the written predictions with the trained model's own
+# (the calibration's test, test_calibration_is_applied_after_the_same_training, turns it on)
 OPTIONS = train.Options(epochs=15, patience=10, hidden=16, batch_size=8, layers=2, device="cpu", seed=0,
-                        pretrain_epochs=3, gsl_k=4, gsl_heads=2, network_k=3)
+                        pretrain_epochs=3, gsl_k=4, gsl_heads=2, network_k=3, calibrate="none")
 
 
 def conditions(extra: tuple[str, ...] = ()) -> list[str]:
@@ -392,3 +394,24 @@ def test_shared_dropout_trains_deterministically(inputs, tmp_path):
     train_stage.run(options=dataclasses.replace(opts, dropout_shared=False), dataset=dataset, graph=graph,
                     split=dataset.parent / "split.tsv", out_dir=default)
     assert pd.read_csv(default / "history.tsv", sep="\t")["train_mse"].tolist() != a["train_mse"].tolist()
+
+
+def test_calibration_is_applied_after_the_same_training(trained, inputs, tmp_path):
+    """``calibrate: validation`` trains exactly as without it and writes the calibrated predictions."""
+    from grape.data.split import read_split
+    from grape.model.calibrate import calibrate
+
+    dataset, graph, adata = inputs
+    train_stage.run(options=dataclasses.replace(OPTIONS, calibrate="validation"), dataset=dataset, graph=graph,
+                    split=dataset.parent / "split.tsv", out_dir=tmp_path)
+    own = pd.read_csv(trained / "history.tsv", sep="\t")
+    assert pd.read_csv(tmp_path / "history.tsv", sep="\t")["train_mse"].tolist() == own["train_mse"].tolist()
+    problem, _ = problem_and_tensors(adata, graph)
+    split_table = read_split(dataset.parent / "split.tsv", list(dict.fromkeys(problem.conditions)))
+    plain = np.asarray(ad.read_h5ad(trained / "predictions.h5ad").X)
+    expected, fitted = calibrate(problem, split_table, plain)
+    np.testing.assert_allclose(np.asarray(ad.read_h5ad(tmp_path / "predictions.h5ad").X), expected, atol=1e-6)
+    meta = yaml.safe_load((tmp_path / "model.yaml").read_text())
+    assert meta["calibration"]["lambda"] == pytest.approx(fitted.lam)
+    assert meta["calibration"]["n_val_rows"]["singles"] > 0
+    assert yaml.safe_load((trained / "model.yaml").read_text())["calibration"] is None

@@ -651,10 +651,18 @@ def train_model(problem: Problem, graph: Graph, split: pd.DataFrame, *, options:
         histories.append(history.assign(member=k) if options.ensemble > 1 else history)
         member_facts.append({"seed": member_options.seed, **facts})
     predictions = predict_ensemble(members, problem, tensors, device=device)
+    calibration = None
+    if options.calibrate == "validation":
+        from grape.model.calibrate import calibrate
+
+        predictions, fitted = calibrate(problem, split, predictions)
+        calibration = fitted.record()
+        log.info("calibrated toward the baselines on the validation conditions: lambda %s (validation rows %s)",
+                 calibration["lambda"], calibration["n_val_rows"])
     history = pd.concat(histories, ignore_index=True)
     if options.ensemble > 1:
         history = history[["member", *[c for c in history.columns if c != "member"]]]
-    facts = {**member_facts[0], "members": member_facts}
+    facts = {**member_facts[0], "members": member_facts, "calibration": calibration}
     network = export_network(members[0], tensors.to(device), genes=graph.genes, biotypes=graph.biotypes,
                              k=options.network_k)
     return Trained(members[0], tensors, history, facts, predictions, network, str(device), tuple(members))
@@ -686,6 +694,7 @@ def model_record(trained: Trained, problem: Problem, *, options: Options, graph_
         "best_val_pearson_delta": float(best["val_pearson_delta"]),
         "pretrain_loss": facts["pretrain_loss"], "device": trained.device,
         "ensemble": members,  # each member's seed and selected epoch (the first is the fields above)
+        "calibration": facts.get("calibration"),  # train.calibrate: lambda per kind (None: not calibrated)
     }
 
 

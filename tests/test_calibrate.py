@@ -1,0 +1,92 @@
+"""train.calibrate: shrinkage toward the mean / additive baselines fitted on validation rows."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from grape.model.calibrate import calibrate, shrink_factor
+from grape.model.train import Options, Problem
+
+# nodes 0..3 are genes A, B, C, D; rows: singles A, B, C, D and doubles A+B, A+C, C+D
+CONDITIONS = ["A", "B", "C", "D", "A+B", "A+C", "C+D"]
+PERTURBED = [[0, -1], [1, -1], [2, -1], [3, -1], [0, 1], [0, 2], [2, 3]]
+SPLIT = {"A": "train", "B": "train", "C": "val", "D": "test", "A+B": "val", "A+C": "test", "C+D": "train"}
+
+
+def problem(delta: np.ndarray) -> Problem:
+    return Problem(CONDITIONS, torch.tensor(PERTURBED), torch.as_tensor(delta, dtype=torch.float32),
+                   np.full((1, delta.shape[1]), 2.0, dtype=np.float32), torch.arange(delta.shape[1]),
+                   [f"g{i}" for i in range(delta.shape[1])])
+
+
+def split_table() -> pd.DataFrame:
+    return pd.DataFrame({"condition": list(SPLIT), "split": list(SPLIT.values())})
+
+
+@pytest.fixture
+def observed() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(len(CONDITIONS), 6)).astype(np.float32)
+
+
+def anchors(observed: np.ndarray) -> dict[str, np.ndarray]:
+    """The baselines each non-training row is shrunk toward, written out by hand."""
+    train = [0, 1, 6]  # A, B, C+D
+    fit = [0, 1, 2, 4, 6]  # and the validation rows C, A+B
+    return {"C": observed[train].mean(0), "D": observed[fit].mean(0),
+            "A+B": observed[0] + observed[1], "A+C": observed[0] + observed[2]}
+
+
+def test_the_factor_is_recovered_and_clipped():
+    rng = np.random.default_rng(1)
+    anchor, truth = rng.normal(size=(3, 5)), rng.normal(size=(3, 5))
+    assert shrink_factor(anchor + 2.0 * (truth - anchor), anchor, truth) == pytest.approx(0.5)
+    assert shrink_factor(anchor - (truth - anchor), anchor, truth) == 0.0  # pointing away: the baseline
+    assert shrink_factor(anchor + 0.5 * (truth - anchor), anchor, truth) == 1.0  # never beyond the model
+    assert shrink_factor(anchor, anchor, truth) == 1.0  # no step: nothing to shrink
+
+
+def test_calibration_fits_each_kind_on_validation_and_leaves_training_rows(observed):
+    base = anchors(observed)
+    row = {c: i for i, c in enumerate(CONDITIONS)}
+    pred = observed.copy()  # training rows: exact; others: anchor + factor * (truth - anchor)
+    for cond, factor in (("C", 2.0), ("D", 3.0), ("A+B", 4.0), ("A+C", 1.5)):
+        pred[row[cond]] = base[cond] + factor * (observed[row[cond]] - base[cond])
+    out, fitted = calibrate(problem(observed), split_table(), pred + 2.0)
+    out -= 2.0
+    assert fitted.lam == pytest.approx({"singles": 0.5, "doubles": 0.25})
+    assert fitted.n_val_rows == {"singles": 1, "doubles": 1}
+    np.testing.assert_allclose(out[[0, 1, 6]], pred[[0, 1, 6]], atol=1e-6)  # training rows untouched
+    np.testing.assert_allclose(out[row["C"]], observed[row["C"]], atol=1e-5)  # its own fit: exact
+    np.testing.assert_allclose(out[row["A+B"]], observed[row["A+B"]], atol=1e-5)
+    # test rows: their own anchors (training and validation rows) with the validation factors
+    np.testing.assert_allclose(out[row["D"]], base["D"] + 0.5 * 3.0 * (observed[row["D"]] - base["D"]), atol=1e-5)
+    np.testing.assert_allclose(out[row["A+C"]], base["A+C"] + 0.25 * 1.5 * (observed[row["A+C"]] - base["A+C"]),
+                               atol=1e-5)
+
+
+def test_a_zero_factor_is_exactly_the_baselines(observed):
+    base = anchors(observed)
+    row = {c: i for i, c in enumerate(CONDITIONS)}
+    pred = observed.copy()
+    for cond in ("C", "A+B"):  # validation predictions that point away from the truth
+        pred[row[cond]] = base[cond] - (observed[row[cond]] - base[cond])
+    pred[row["D"]] += 5.0
+    pred[row["A+C"]] -= 5.0
+    out, fitted = calibrate(problem(observed), split_table(), pred + 2.0)
+    out -= 2.0
+    assert fitted.lam == {"singles": 0.0, "doubles": 0.0}
+    np.testing.assert_allclose(out[row["D"]], base["D"], atol=1e-6)  # the mean of the fitting conditions
+    np.testing.assert_allclose(out[row["A+C"]], base["A+C"], atol=1e-6)  # additive
+
+
+def test_without_validation_rows_of_a_kind_the_model_stays(observed):
+    split = split_table().assign(split=lambda t: t["split"].replace({"val": "train"}))
+    pred = observed + 3.0
+    out, fitted = calibrate(problem(observed), split, pred)
+    assert fitted.lam == {"singles": 1.0, "doubles": 1.0} and fitted.n_val_rows == {"singles": 0, "doubles": 0}
+    np.testing.assert_allclose(out, pred, atol=1e-6)
+
+
+def test_the_default_calibrates_on_validation():
+    assert Options().calibrate == "validation"
