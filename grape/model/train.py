@@ -74,6 +74,7 @@ from grape.data.dataset import (
 )
 from grape.graph.build import Graph, coexpression_edges, merge_edges, zscore_columns
 from grape.annotation.identity import GeneIdentity
+from grape.model.calibrate import calibrate
 from grape.model.gnn import GRAPE, MODALITIES, GraphTensors, ModelConfig
 from grape.variants import ABLATIONS, NAMED_GRAPHS, graph_variant_for
 from grape.options import options_class
@@ -653,8 +654,6 @@ def train_model(problem: Problem, graph: Graph, split: pd.DataFrame, *, options:
     predictions = predict_ensemble(members, problem, tensors, device=device)
     calibration = None
     if options.calibrate == "validation":
-        from grape.model.calibrate import calibrate
-
         predictions, fitted = calibrate(problem, split, predictions)
         calibration = fitted.record()
         log.info("calibrated toward the baselines on the validation conditions: lambda %s (validation rows %s)",
