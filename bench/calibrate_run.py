@@ -8,10 +8,10 @@ split on CaRPool). This copies ``results/<run>`` to ``results/<run>_cal``, rewri
 evaluation and aggregate of the copy then come from the workflow, which must be told to go by file
 times only (the copy's train options differ from those it was trained with by this option):
 
-    .venv/bin/python bench/calibrate_run.py results/carpool_thp1_tuned ../shared/data/carpool_thp1_pseudobulk.h5ad
-    snakemake results/carpool_thp1_tuned_cal/aggregate/headline.md --cores 1 --rerun-triggers mtime \\
-        --configfile workflow/configs/carpool_thp1.yaml workflow/configs/search_singles.yaml \\
-        --config run=carpool_thp1_tuned_cal 'split={seeds: [1, 2, 3, 4, 5]}' 'train={calibrate: validation}'
+    .venv/bin/python bench/calibrate_run.py results/carpool_thp1 ../shared/data/carpool_thp1_pseudobulk.h5ad
+    snakemake results/carpool_thp1_cal/aggregate/headline.md --cores 1 --rerun-triggers mtime \\
+        --configfile workflow/configs/carpool_thp1.yaml \\
+        --config run=carpool_thp1_cal 'split={seeds: [1, 2, 3, 4, 5]}' 'train={calibrate: validation}'
 """
 
 from __future__ import annotations
@@ -43,14 +43,17 @@ def main(argv: list[str] | None = None) -> None:
     if target.exists():
         raise SystemExit(f"{target} exists: remove it first")
     shutil.copytree(args.run, target, symlinks=True)
+    identity = GeneIdentity.read(target / "annotate" / "mapping.tsv")
+    fields = {f.name for f in dataclasses.fields(train.Options)}
+    problems: dict[str, train.Problem] = {}  # per graph variant: the splits of a run share one problem
     for model_dir in sorted((target / "splits").glob(f"seed*/train/{args.variant}")):
         record = yaml.safe_load((model_dir / "model.yaml").read_text())
-        fields = {f.name for f in dataclasses.fields(train.Options)}
-        options = train.Options(**{k: v for k, v in record["options"].items() if k in fields})
-        graph = load_graph(target / "graph" / record["graph_variant"] / "graph.safetensors")
-        identity = GeneIdentity.read(target / "annotate" / "mapping.tsv")
-        problem = train.build_problem(read_dataset(args.dataset, options=options), graph, options=options,
-                                      identity=identity)
+        if record["graph_variant"] not in problems:
+            options = train.Options(**{k: v for k, v in record["options"].items() if k in fields})
+            graph = load_graph(target / "graph" / record["graph_variant"] / "graph.safetensors")
+            problems[record["graph_variant"]] = train.build_problem(read_dataset(args.dataset, options=options),
+                                                                    graph, options=options, identity=identity)
+        problem = problems[record["graph_variant"]]
         split = read_split(model_dir.parents[1] / "split" / "split.tsv", list(dict.fromkeys(problem.conditions)))
         saved = ad.read_h5ad(model_dir / "predictions.h5ad")
         expected = train.prediction_table(problem, split, saved.X)
