@@ -1,4 +1,4 @@
-"""Apply ``train.calibrate: validation`` to the saved predictions of a finished run with split.seeds.
+"""Apply ``train.calibrate: validation`` (or ``validation_gene``) to the saved predictions of a finished run with split.seeds.
 
 The calibration (:mod:`grape.model.calibrate`) runs after training and does not change it, so a run
 trained with ``calibrate: none`` gives, from its own ``predictions.h5ad``, exactly the predictions a
@@ -12,6 +12,9 @@ times only (the copy's train options differ from those it was trained with by th
     snakemake results/carpool_thp1_cal/aggregate/headline.md --cores 1 --rerun-triggers mtime \\
         --configfile workflow/configs/carpool_thp1.yaml \\
         --config run=carpool_thp1_cal 'split={seeds: [1, 2, 3, 4, 5]}' 'train={calibrate: validation}'
+
+``--mode validation_gene --suffix _calg`` writes the per-gene calibration into ``results/<run>_calg``
+(then ``'train={calibrate: validation_gene}'`` and ``run=<run>_calg`` above).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dataset", type=Path, help="the h5ad the run trained on: dataset.path of its config, or <run>/dataset/dataset.h5ad when the config has a dataset.subset")
     parser.add_argument("--suffix", default="_cal")
     parser.add_argument("--variant", default="full")
+    parser.add_argument("--mode", choices=("validation", "validation_gene"), default="validation")
     args = parser.parse_args(argv)
     target = args.run.with_name(args.run.name + args.suffix)
     if target.exists():
@@ -59,13 +63,13 @@ def main(argv: list[str] | None = None) -> None:
         expected = train.prediction_table(problem, split, saved.X)
         if list(expected.obs_names) != list(saved.obs_names) or list(expected.var_names) != list(saved.var_names):
             raise SystemExit(f"{model_dir}: predictions.h5ad rows or genes differ from the problem's")
-        predictions, fitted = calibrate(problem, split, saved.X)
+        predictions, fitted = calibrate(problem, split, saved.X, per_gene=args.mode == "validation_gene")
         saved.X = predictions
         saved.write_h5ad(model_dir / "predictions.h5ad")
         record["calibration"] = fitted.record()
-        record["options"]["calibrate"] = "validation"
+        record["options"]["calibrate"] = args.mode
         (model_dir / "model.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
-        print(f"{model_dir}: lambda {fitted.lam} (validation rows {fitted.n_val_rows})")
+        print(f"{model_dir}: {record['calibration']}")
 
 
 if __name__ == "__main__":

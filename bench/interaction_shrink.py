@@ -6,7 +6,8 @@ observed single changes (the additive baseline) plus the learned interaction. Th
 and scores ``additive + lam * interaction`` for several ``lam`` (0: additive, 1: the model), plus the
 interaction's part common to all test doubles (its mean over them) and the rest (condition-specific),
 with the evaluation's own metric functions (pearson_delta, MSE on all genes, discrimination L1).
-Also the ``lam`` that ``train.calibrate: validation`` fits on the validation doubles. Test conditions
+Also the ``lam`` that ``train.calibrate: validation`` fits on the validation doubles, and what
+``validation`` and ``validation_gene`` (a factor per gene) make of the test doubles. Test conditions
 are only scored here, never used to choose anything.
 
     .venv/bin/python bench/interaction_shrink.py results/carpool_thp1 ../shared/data/carpool_thp1_pseudobulk.h5ad
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from grape.evaluation.metrics import Panel, discrimination_l1, pearson
-from grape.model.calibrate import shrink_factor
+from grape.model.calibrate import gene_factors, shrink_factor
 
 LAMS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -79,6 +80,12 @@ def main(argv: list[str] | None = None) -> None:
         variants = {f"lam {lam}": add + lam * inter for lam in LAMS}
         variants["common part only"] = add + inter.mean(axis=0)
         variants["specific part only"] = add + inter - inter.mean(axis=0)
+        # what train.calibrate makes of them: one factor (validation), a factor per gene (validation_gene)
+        variants["calibrate: validation"] = add + record["lam fitted on validation"] * inter
+        gene_lam, tau2 = gene_factors(v_pred, v_add, v_truth)
+        variants["calibrate: validation_gene"] = add + gene_lam * inter
+        record["tau2 of validation_gene"] = tau2
+        record["median gene lam"] = float(np.median(gene_lam))
         for name, p in variants.items():
             for metric, value in score(p, truth, control, targets, conds).items():
                 record[f"{name}: {metric}"] = value
@@ -89,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     mean = table.drop(columns=["split"]).mean()
     print(table.round(4).T.to_string())
     print("\n| variant | pearson_delta | MSE (all genes) | discrimination |\n|---|---|---|---|")
-    for name in [f"lam {lam}" for lam in LAMS] + ["common part only", "specific part only"]:
+    for name in [f"lam {lam}" for lam in LAMS] + ["common part only", "specific part only", "calibrate: validation",
+                                                  "calibrate: validation_gene"]:
         print(f"| {name} | {mean[f'{name}: pearson_delta']:.4f} | {mean[f'{name}: mse']:.4f} "
               f"| {mean[f'{name}: discrimination']:.4f} |")
     print(f"\nlam fitted on validation: {', '.join(f'{x:.3f}' for x in table['lam fitted on validation'])}")

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from grape.model.calibrate import calibrate, shrink_factor
+from grape.model.calibrate import calibrate, gene_factors, shrink_factor
 from grape.model.train import Options, Problem
 
 # nodes 0..3 are genes A, B, C, D; rows: singles A, B, C, D and doubles A+B, A+C, C+D
@@ -88,5 +88,44 @@ def test_without_validation_rows_of_a_kind_the_model_stays(observed):
     np.testing.assert_allclose(out, pred, atol=1e-6)
 
 
-def test_the_default_calibrates_on_validation():
-    assert Options().calibrate == "validation"
+def test_the_default_calibrates_on_validation_per_gene():
+    assert Options().calibrate == "validation_gene"
+
+
+def test_per_gene_factors_keep_real_steps_and_drop_noise():
+    rng = np.random.default_rng(2)
+    n, g = 40, 60
+    anchor, step = rng.normal(size=(n, g)), rng.normal(size=(n, g))
+    truth = anchor + rng.normal(scale=0.1, size=(n, g))
+    truth[:, :30] += step[:, :30]  # genes 0-29: the model's step is real; genes 30-59: it is noise
+    lam, tau2 = gene_factors(anchor + step, anchor, truth)
+    assert tau2 > 0.1
+    assert lam[:30].min() > 0.9 and lam[30:].max() < 0.15
+    single = shrink_factor(anchor + step, anchor, truth)
+    assert 0.3 < single < 0.7  # one factor for all: half of every step, right for no gene
+
+
+def test_per_gene_factors_pool_to_the_single_factor_when_genes_agree():
+    rng = np.random.default_rng(3)
+    n, g = 30, 50
+    anchor, step = rng.normal(size=(n, g)), rng.normal(size=(n, g))
+    truth = anchor + 0.6 * step + rng.normal(scale=0.5, size=(n, g))  # one factor, noise alike in every gene
+    lam, tau2 = gene_factors(anchor + step, anchor, truth)
+    single = shrink_factor(anchor + step, anchor, truth)
+    assert tau2 == 0.0 and np.allclose(lam, single)
+    one_row, _ = gene_factors(anchor[:1] + step[:1], anchor[:1], truth[:1])  # too few rows: the single factor
+    assert np.allclose(one_row, shrink_factor(anchor[:1] + step[:1], anchor[:1], truth[:1]))
+
+
+def test_per_gene_calibration_applies_each_genes_factor(observed):
+    base = anchors(observed)
+    row = {c: i for i, c in enumerate(CONDITIONS)}
+    pred = observed.copy()
+    for cond in ("C", "D", "A+B", "A+C"):
+        pred[row[cond]] = base[cond] + 2.0 * (observed[row[cond]] - base[cond])
+    out, fitted = calibrate(problem(observed), split_table(), pred + 2.0, per_gene=True)
+    plain, _ = calibrate(problem(observed), split_table(), pred + 2.0)
+    # one validation row of each kind: no between-gene variance can be estimated, so validation's factor
+    np.testing.assert_allclose(out, plain, atol=1e-6)
+    assert fitted.record()["per_gene"]["doubles"]["quantiles"]["0.5"] == pytest.approx(0.5)
+    assert fitted.tau2 == {"singles": 0.0, "doubles": 0.0}

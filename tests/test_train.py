@@ -397,21 +397,22 @@ def test_shared_dropout_trains_deterministically(inputs, tmp_path):
 
 
 def test_calibration_is_applied_after_the_same_training(trained, inputs, tmp_path):
-    """``calibrate: validation`` trains exactly as without it and writes the calibrated predictions."""
+    """``calibrate: validation_gene`` trains exactly as without it and writes the calibrated predictions."""
     from grape.data.split import read_split
     from grape.model.calibrate import calibrate
 
     dataset, graph, adata = inputs
-    train_stage.run(options=dataclasses.replace(OPTIONS, calibrate="validation"), dataset=dataset, graph=graph,
+    train_stage.run(options=dataclasses.replace(OPTIONS, calibrate="validation_gene"), dataset=dataset, graph=graph,
                     split=dataset.parent / "split.tsv", out_dir=tmp_path)
     own = pd.read_csv(trained / "history.tsv", sep="\t")
     assert pd.read_csv(tmp_path / "history.tsv", sep="\t")["train_mse"].tolist() == own["train_mse"].tolist()
     problem, _ = problem_and_tensors(adata, graph)
     split_table = read_split(dataset.parent / "split.tsv", list(dict.fromkeys(problem.conditions)))
     plain = np.asarray(ad.read_h5ad(trained / "predictions.h5ad").X)
-    expected, fitted = calibrate(problem, split_table, plain)
+    expected, fitted = calibrate(problem, split_table, plain, per_gene=True)
     np.testing.assert_allclose(np.asarray(ad.read_h5ad(tmp_path / "predictions.h5ad").X), expected, atol=1e-6)
     meta = yaml.safe_load((tmp_path / "model.yaml").read_text())
     assert meta["calibration"]["lambda"] == pytest.approx(fitted.lam)
+    assert meta["calibration"]["per_gene"]["singles"]["tau2"] == pytest.approx(fitted.tau2["singles"])
     assert meta["calibration"]["n_val_rows"]["singles"] > 0
     assert yaml.safe_load((trained / "model.yaml").read_text())["calibration"] is None

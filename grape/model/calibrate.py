@@ -15,6 +15,16 @@ training and validation rows, as the evaluation's baselines are fitted. Training
 as predicted. A kind without validation rows keeps ``lam = 1``. Doubles with a single that is
 not a fitting condition of the same cell state have no additive anchor and are left as predicted.
 Every anchor is per cell state (context).
+
+``train.calibrate: validation_gene`` fits one factor per kind and gene instead: each gene's
+least-squares factor over the validation rows is an estimate with its own sampling variance
+(its residual variance over its squared steps), and the estimates are pooled toward the kind's
+single factor by a random-effects model (DerSimonian-Laird's between-gene variance ``tau^2``,
+the precision-weighted compromise ``(lam_g / v_g + lam / tau^2) / (1 / v_g + 1 / tau^2)``), then
+clipped to [0, 1]. Where the validation rows show no variation between genes beyond their
+sampling noise (``tau^2 = 0``), or there are fewer than two validation rows, every gene gets the
+kind's factor: ``validation`` exactly. A gene whose step is real on validation keeps it; a gene
+whose step is noise there moves toward the baseline.
 """
 
 from __future__ import annotations
@@ -37,9 +47,18 @@ class Calibration:
 
     lam: dict[str, float]
     n_val_rows: dict[str, int]
+    gene_lam: dict[str, np.ndarray] | None = None  # validation_gene: the factor of each gene, per kind
+    tau2: dict[str, float] | None = None  # validation_gene: the between-gene variance of the factors
 
     def record(self) -> dict:
-        return {"lambda": dict(self.lam), "n_val_rows": dict(self.n_val_rows)}
+        out = {"lambda": dict(self.lam), "n_val_rows": dict(self.n_val_rows)}
+        if self.gene_lam is not None:
+            out["per_gene"] = {
+                kind: {"tau2": float(self.tau2[kind]),
+                       "quantiles": {q: round(float(np.quantile(lam, float(q))), 4)
+                                     for q in ("0.05", "0.25", "0.5", "0.75", "0.95")}}
+                for kind, lam in self.gene_lam.items()}
+        return out
 
 
 def shrink_factor(pred: np.ndarray, anchor: np.ndarray, observed: np.ndarray) -> float:
@@ -50,6 +69,33 @@ def shrink_factor(pred: np.ndarray, anchor: np.ndarray, observed: np.ndarray) ->
     if denom == 0.0:
         return 1.0
     return float(np.clip(step @ target / denom, 0.0, 1.0))
+
+
+def gene_factors(pred: np.ndarray, anchor: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per-gene factors ``[G]`` of ``anchor + lam_g * (pred - anchor)`` against ``observed`` (rows ``[n, G]``),
+    pooled toward the single least-squares factor by a random-effects model (see the module text),
+    and the between-gene variance ``tau^2``."""
+    step = (pred - anchor).astype(np.float64)
+    target = (observed - anchor).astype(np.float64)
+    n, g = step.shape
+    sxx, sxy = (step * step).sum(0), (step * target).sum(0)
+    total = float(sxx.sum())
+    pooled = float(sxy.sum() / total) if total > 0 else 1.0  # the single factor, before clipping
+    lam = np.full(g, float(np.clip(pooled, 0.0, 1.0)))
+    informative = sxx > 1e-12 * max(total, 1e-300)
+    if n < 2 or informative.sum() < 2:
+        return lam, 0.0
+    est = sxy[informative] / sxx[informative]
+    resid = ((target[:, informative] - est * step[:, informative]) ** 2).sum(0) / (n - 1)
+    var = np.maximum(resid, 1e-12 * float(resid.max(initial=0.0)) + 1e-300) / sxx[informative]
+    w = 1.0 / var
+    centre = float((w * est).sum() / w.sum())
+    q = float((w * (est - centre) ** 2).sum())
+    tau2 = max(0.0, (q - (len(est) - 1)) / float(w.sum() - (w * w).sum() / w.sum()))
+    if tau2 == 0.0:
+        return lam, 0.0
+    lam[informative] = np.clip((est / var + pooled / tau2) / (1.0 / var + 1.0 / tau2), 0.0, 1.0)
+    return lam, tau2
 
 
 def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndarray) -> dict[str, tuple]:
@@ -81,8 +127,10 @@ def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndar
     return out
 
 
-def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray) -> tuple[np.ndarray, Calibration]:
-    """Calibrated predicted mean expression ``[R, G]`` of every row (see the module text)."""
+def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray, *,
+              per_gene: bool = False) -> tuple[np.ndarray, Calibration]:
+    """Calibrated predicted mean expression ``[R, G]`` of every row (see the module text); ``per_gene``:
+    ``validation_gene``'s factor per kind and gene."""
     label = split.set_index("condition")["split"]
     row_split = label.reindex(problem.conditions).fillna("").astype(str).to_numpy()
     controls = problem.controls[problem.context_index.numpy()]
@@ -92,14 +140,25 @@ def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray) ->
     test = ~(train | val)
     lam: dict[str, float] = {}
     counts: dict[str, int] = {}
+    factor: dict[str, np.ndarray | float] = {}
+    gene_lam: dict[str, np.ndarray] = {}
+    tau2: dict[str, float] = {}
     val_anchor = _anchors(problem, observed, train, np.flatnonzero(val))
     for kind in KINDS:
         rows, anchors = val_anchor.get(kind, (np.zeros(0, dtype=np.int64), None))
         counts[kind] = int(len(rows))
         lam[kind] = shrink_factor(pred[rows], anchors, observed[rows]) if len(rows) else 1.0
+        factor[kind] = lam[kind]
+        if per_gene:
+            if len(rows):
+                gene_lam[kind], tau2[kind] = gene_factors(pred[rows], anchors, observed[rows])
+            else:
+                gene_lam[kind], tau2[kind] = np.full(pred.shape[1], lam[kind]), 0.0
+            factor[kind] = gene_lam[kind]
     out = pred.copy()
     for anchored in (val_anchor, _anchors(problem, observed, train | val, np.flatnonzero(test))):
         for kind, (rows, anchors) in anchored.items():
             if len(rows):
-                out[rows] = anchors + lam[kind] * (pred[rows] - anchors)
-    return (out + controls).astype(predictions.dtype), Calibration(lam, counts)
+                out[rows] = anchors + factor[kind] * (pred[rows] - anchors)
+    fitted = Calibration(lam, counts, gene_lam if per_gene else None, tau2 if per_gene else None)
+    return (out + controls).astype(predictions.dtype), fitted

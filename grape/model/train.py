@@ -653,11 +653,12 @@ def train_model(problem: Problem, graph: Graph, split: pd.DataFrame, *, options:
         member_facts.append({"seed": member_options.seed, **facts})
     predictions = predict_ensemble(members, problem, tensors, device=device)
     calibration = None
-    if options.calibrate == "validation":
-        predictions, fitted = calibrate(problem, split, predictions)
+    if options.calibrate != "none":
+        predictions, fitted = calibrate(problem, split, predictions, per_gene=options.calibrate == "validation_gene")
         calibration = fitted.record()
-        log.info("calibrated toward the baselines on the validation conditions: lambda %s (validation rows %s)",
-                 calibration["lambda"], calibration["n_val_rows"])
+        log.info("calibrated toward the baselines on the validation conditions: lambda %s (validation rows %s)%s",
+                 calibration["lambda"], calibration["n_val_rows"],
+                 f", per gene {calibration['per_gene']}" if "per_gene" in calibration else "")
     history = pd.concat(histories, ignore_index=True)
     if options.ensemble > 1:
         history = history[["member", *[c for c in history.columns if c != "member"]]]
