@@ -140,7 +140,6 @@ def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray, *,
     test = ~(train | val)
     lam: dict[str, float] = {}
     counts: dict[str, int] = {}
-    factor: dict[str, np.ndarray | float] = {}
     gene_lam: dict[str, np.ndarray] = {}
     tau2: dict[str, float] = {}
     val_anchor = _anchors(problem, observed, train, np.flatnonzero(val))
@@ -148,17 +147,13 @@ def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray, *,
         rows, anchors = val_anchor.get(kind, (np.zeros(0, dtype=np.int64), None))
         counts[kind] = int(len(rows))
         lam[kind] = shrink_factor(pred[rows], anchors, observed[rows]) if len(rows) else 1.0
-        factor[kind] = lam[kind]
         if per_gene:
-            if len(rows):
-                gene_lam[kind], tau2[kind] = gene_factors(pred[rows], anchors, observed[rows])
-            else:
-                gene_lam[kind], tau2[kind] = np.full(pred.shape[1], lam[kind]), 0.0
-            factor[kind] = gene_lam[kind]
+            gene_lam[kind], tau2[kind] = (gene_factors(pred[rows], anchors, observed[rows]) if len(rows)
+                                          else (np.full(pred.shape[1], lam[kind]), 0.0))
     out = pred.copy()
     for anchored in (val_anchor, _anchors(problem, observed, train | val, np.flatnonzero(test))):
         for kind, (rows, anchors) in anchored.items():
             if len(rows):
-                out[rows] = anchors + factor[kind] * (pred[rows] - anchors)
+                out[rows] = anchors + gene_lam.get(kind, lam[kind]) * (pred[rows] - anchors)
     fitted = Calibration(lam, counts, gene_lam if per_gene else None, tau2 if per_gene else None)
     return (out + controls).astype(predictions.dtype), fitted
