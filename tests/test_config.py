@@ -318,3 +318,19 @@ def test_search_overlay_holds_the_searched_values(schema, repo):
     config = yaml.safe_load((repo / "config.yaml").read_text())
     config["train"] = {**config.get("train", {}), **overlay["train"]}
     validate_config(config, schema, base_dir=repo)
+
+
+def test_defaults_are_the_searched_values_and_the_fast_overlay_is_valid(schema, repo):
+    """config.yaml and the schema's defaults hold search_singles.yaml's values (the defaults since
+    BENCHMARKS.md measured them on real screens); fast_model.yaml, the earlier values, validates."""
+    from grape.options import default
+
+    overlay = yaml.safe_load((repo / "workflow" / "configs" / "search_singles.yaml").read_text())["train"]
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    for key, value in overlay.items():
+        assert default("train", key) == value, key
+        assert config["train"].get(key, value) == value, key
+    fast = yaml.safe_load((repo / "workflow" / "configs" / "fast_model.yaml").read_text())["train"]
+    assert fast["hidden"] < overlay["hidden"] and fast["batch_size"] > overlay["batch_size"]
+    config["train"] = {**config["train"], **fast}
+    validate_config(config, schema, base_dir=repo)
