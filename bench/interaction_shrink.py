@@ -7,7 +7,8 @@ and scores ``additive + lam * interaction`` for several ``lam`` (0: additive, 1:
 interaction's part common to all test doubles (its mean over them) and the rest (condition-specific),
 with the evaluation's own metric functions (pearson_delta, MSE on all genes, discrimination L1).
 Also the ``lam`` that ``train.calibrate: validation`` fits on the validation doubles, and what
-``validation`` and ``validation_gene`` (a factor per gene) make of the test doubles. Test conditions
+``validation`` and ``validation_gene`` (a factor per gene) make of the test doubles, and the latter
+with ``calibrate_scale: doubles`` (its factor fitted on the validation doubles). Test conditions
 are only scored here, never used to choose anything.
 
     .venv/bin/python bench/interaction_shrink.py results/carpool_thp1 ../shared/data/carpool_thp1_pseudobulk.h5ad
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from grape.evaluation.metrics import Panel, discrimination_l1, pearson
-from grape.model.calibrate import gene_factors, shrink_factor
+from grape.model.calibrate import gene_factors, magnitude_factor, shrink_factor
 
 LAMS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         variants["calibrate: validation"] = add + record["lam fitted on validation"] * inter
         gene_lam, tau2 = gene_factors(v_pred, v_add, v_truth)
         variants["calibrate: validation_gene"] = add + gene_lam * inter
+        # calibrate_scale: doubles: the validation doubles' observed size over their calibrated one
+        record["magnitude factor"] = magnitude_factor(v_add + gene_lam * (v_pred - v_add), v_truth)
+        variants["validation_gene, calibrate_scale: doubles"] = record["magnitude factor"] * (add + gene_lam * inter)
         record["tau2 of validation_gene"] = tau2
         record["median gene lam"] = float(np.median(gene_lam))
         for name, p in variants.items():
@@ -97,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     print(table.round(4).T.to_string())
     print("\n| variant | pearson_delta | MSE (all genes) | discrimination |\n|---|---|---|---|")
     for name in [f"lam {lam}" for lam in LAMS] + ["common part only", "specific part only", "calibrate: validation",
-                                                  "calibrate: validation_gene"]:
+                                                  "calibrate: validation_gene",
+                                                  "validation_gene, calibrate_scale: doubles"]:
         print(f"| {name} | {mean[f'{name}: pearson_delta']:.4f} | {mean[f'{name}: mse']:.4f} "
               f"| {mean[f'{name}: discrimination']:.4f} |")
     print(f"\nlam fitted on validation: {', '.join(f'{x:.3f}' for x in table['lam fitted on validation'])}")

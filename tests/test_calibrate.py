@@ -129,3 +129,21 @@ def test_per_gene_calibration_applies_each_genes_factor(observed):
     np.testing.assert_allclose(out, plain, atol=1e-6)
     assert fitted.record()["per_gene"]["doubles"]["quantiles"]["0.5"] == pytest.approx(0.5)
     assert fitted.tau2 == {"singles": 0.0, "doubles": 0.0}
+
+
+def test_the_doubles_are_scaled_to_the_observed_size_on_validation(observed):
+    base = anchors(observed)
+    row = {c: i for i, c in enumerate(CONDITIONS)}
+    pred = observed.copy()
+    for cond in ("C", "D", "A+B", "A+C"):  # predictions shrunk toward the centre: half the observed size
+        pred[row[cond]] = base[cond] + 1.0 * (0.5 * observed[row[cond]] - base[cond])
+    plain, _ = calibrate(problem(observed), split_table(), pred + 2.0)
+    out, fitted = calibrate(problem(observed), split_table(), pred + 2.0, scale=("doubles",))
+    plain, out = plain - 2.0, out - 2.0
+    factor = np.abs(observed[row["A+B"]]).sum() / np.abs(plain[row["A+B"]]).sum()
+    assert fitted.scale == pytest.approx({"doubles": factor}) and fitted.record()["scale"] == fitted.scale
+    np.testing.assert_allclose(np.abs(out[row["A+B"]]).sum(), np.abs(observed[row["A+B"]]).sum(), rtol=1e-5)
+    np.testing.assert_allclose(out[row["A+C"]], factor * plain[row["A+C"]], rtol=1e-5, atol=1e-5)  # test double: same factor
+    singles_and_training = [row[c] for c in ("A", "B", "C", "D", "C+D")]
+    np.testing.assert_allclose(out[singles_and_training], plain[singles_and_training], atol=1e-6)
+    assert calibrate(problem(observed), split_table(), pred + 2.0)[1].record().get("scale") is None

@@ -25,6 +25,13 @@ clipped to [0, 1]. Where the validation rows show no variation between genes bey
 sampling noise (``tau^2 = 0``), or there are fewer than two validation rows, every gene gets the
 kind's factor: ``validation`` exactly. A gene whose step is real on validation keeps it; a gene
 whose step is noise there moves toward the baseline.
+
+``train.calibrate_scale: doubles`` then multiplies every calibrated validation and test double's
+change from control by one factor, ``sum |observed| / sum |calibrated|`` over the validation
+doubles' genes: a least-squares fit shrinks its predictions toward the centre of the doubles, which
+leaves correlation and direction as they are but makes the doubles' predictions less distinct from
+each other's observations (discrimination); the factor restores the observed size. It is 1 without
+validation doubles.
 """
 
 from __future__ import annotations
@@ -49,9 +56,12 @@ class Calibration:
     n_val_rows: dict[str, int]
     gene_lam: dict[str, np.ndarray] | None = None  # validation_gene: the factor of each gene, per kind
     tau2: dict[str, float] | None = None  # validation_gene: the between-gene variance of the factors
+    scale: dict[str, float] | None = None  # calibrate_scale: the factor of the scaled kinds' changes
 
     def record(self) -> dict:
         out = {"lambda": dict(self.lam), "n_val_rows": dict(self.n_val_rows)}
+        if self.scale is not None:
+            out["scale"] = dict(self.scale)
         if self.gene_lam is not None:
             out["per_gene"] = {
                 kind: {"tau2": float(self.tau2[kind]),
@@ -127,10 +137,18 @@ def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndar
     return out
 
 
+def magnitude_factor(pred: np.ndarray, observed: np.ndarray) -> float:
+    """``sum |observed| / sum |pred|`` of changes from control: the factor that makes the predictions as
+    large as the observations (1 when there is nothing to scale)."""
+    size = float(np.abs(pred).sum(dtype=np.float64))
+    return float(np.abs(observed).sum(dtype=np.float64)) / size if size > 0 and len(pred) else 1.0
+
+
 def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray, *,
-              per_gene: bool = False) -> tuple[np.ndarray, Calibration]:
+              per_gene: bool = False, scale: tuple[str, ...] = ()) -> tuple[np.ndarray, Calibration]:
     """Calibrated predicted mean expression ``[R, G]`` of every row (see the module text); ``per_gene``:
-    ``validation_gene``'s factor per kind and gene."""
+    ``validation_gene``'s factor per kind and gene; ``scale``: the kinds whose calibrated changes are
+    brought to the observed size (``calibrate_scale``)."""
     label = split.set_index("condition")["split"]
     row_split = label.reindex(problem.conditions).fillna("").astype(str).to_numpy()
     controls = problem.controls[problem.context_index.numpy()]
@@ -151,9 +169,18 @@ def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray, *,
             gene_lam[kind], tau2[kind] = (gene_factors(pred[rows], anchors, observed[rows]) if len(rows)
                                           else (np.full(pred.shape[1], lam[kind]), 0.0))
     out = pred.copy()
-    for anchored in (val_anchor, _anchors(problem, observed, train | val, np.flatnonzero(test))):
+    anchored_sets = (val_anchor, _anchors(problem, observed, train | val, np.flatnonzero(test)))
+    for anchored in anchored_sets:
         for kind, (rows, anchors) in anchored.items():
             if len(rows):
                 out[rows] = anchors + gene_lam.get(kind, lam[kind]) * (pred[rows] - anchors)
-    fitted = Calibration(lam, counts, gene_lam if per_gene else None, tau2 if per_gene else None)
+    factors = {}
+    for kind in scale:
+        rows = val_anchor.get(kind, (np.zeros(0, dtype=np.int64), None))[0]
+        factors[kind] = magnitude_factor(out[rows], observed[rows])
+        for anchored in anchored_sets:
+            scaled = anchored.get(kind, (np.zeros(0, dtype=np.int64), None))[0]
+            out[scaled] *= factors[kind]
+    fitted = Calibration(lam, counts, gene_lam if per_gene else None, tau2 if per_gene else None,
+                         factors if scale else None)
     return (out + controls).astype(predictions.dtype), fitted

@@ -654,11 +654,13 @@ def train_model(problem: Problem, graph: Graph, split: pd.DataFrame, *, options:
     predictions = predict_ensemble(members, problem, tensors, device=device)
     calibration = None
     if options.calibrate != "none":
-        predictions, fitted = calibrate(problem, split, predictions, per_gene=options.calibrate == "validation_gene")
+        predictions, fitted = calibrate(problem, split, predictions, per_gene=options.calibrate == "validation_gene",
+                                        scale=() if options.calibrate_scale == "none" else (options.calibrate_scale,))
         calibration = fitted.record()
-        log.info("calibrated toward the baselines on the validation conditions: lambda %s (validation rows %s)%s",
+        log.info("calibrated toward the baselines on the validation conditions: lambda %s (validation rows %s)%s%s",
                  calibration["lambda"], calibration["n_val_rows"],
-                 f", per gene {calibration['per_gene']}" if "per_gene" in calibration else "")
+                 f", per gene {calibration['per_gene']}" if "per_gene" in calibration else "",
+                 f", scale {calibration['scale']}" if "scale" in calibration else "")
     history = pd.concat(histories, ignore_index=True)
     if options.ensemble > 1:
         history = history[["member", *[c for c in history.columns if c != "member"]]]
