@@ -89,7 +89,7 @@ def test_without_validation_rows_of_a_kind_the_model_stays(observed):
 
 
 def test_the_default_calibrates_on_validation_per_gene():
-    assert Options().calibrate == "validation_gene"
+    assert Options().calibrate == "validation_gene" and Options().calibrate_scale == "doubles"
 
 
 def test_per_gene_factors_keep_real_steps_and_drop_noise():
