@@ -15,7 +15,8 @@ times only (the copy's train options differ from those it was trained with by th
 
 ``--mode validation_gene --suffix _calg`` writes the per-gene calibration into ``results/<run>_calg``
 (then ``'train={calibrate: validation_gene}'`` and ``run=<run>_calg`` above); ``--scale doubles`` adds
-``train.calibrate_scale: doubles`` (then ``'train={calibrate: validation_gene, calibrate_scale: doubles}'``).
+``train.calibrate_scale: doubles`` (then ``'train={calibrate: validation_gene, calibrate_scale: doubles}'``); ``--anchor mean_target`` sets
+``train.calibrate_anchor`` (then ``calibrate_anchor: mean_target`` in ``train``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", default="full")
     parser.add_argument("--mode", choices=("validation", "validation_gene"), default="validation")
     parser.add_argument("--scale", choices=("none", "doubles"), default="none", help="train.calibrate_scale")
+    parser.add_argument("--anchor", choices=("mean", "mean_target"), default="mean", help="train.calibrate_anchor")
     args = parser.parse_args(argv)
     target = args.run.with_name(args.run.name + args.suffix)
     if target.exists():
@@ -66,12 +68,13 @@ def main(argv: list[str] | None = None) -> None:
         if list(expected.obs_names) != list(saved.obs_names) or list(expected.var_names) != list(saved.var_names):
             raise SystemExit(f"{model_dir}: predictions.h5ad rows or genes differ from the problem's")
         predictions, fitted = calibrate(problem, split, saved.X, per_gene=args.mode == "validation_gene",
-                                        scale=() if args.scale == "none" else (args.scale,))
+                                        scale=() if args.scale == "none" else (args.scale,), anchor=args.anchor)
         saved.X = predictions
         saved.write_h5ad(model_dir / "predictions.h5ad")
         record["calibration"] = fitted.record()
         record["options"]["calibrate"] = args.mode
         record["options"]["calibrate_scale"] = args.scale
+        record["options"]["calibrate_anchor"] = args.anchor
         (model_dir / "model.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
         print(f"{model_dir}: {record['calibration']}")
 

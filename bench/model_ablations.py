@@ -26,6 +26,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+import yaml
 
 from grape.graph import network
 from grape.data.dataset import DatasetOptions, pseudobulk
@@ -64,7 +65,8 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=["full", *ABLATIONS])
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="default: full and the ablations of workflow/configs/demo_ablations.yaml (make ablations)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--run", default="demo")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10])
@@ -73,6 +75,16 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s: %(message)s")
     results = ROOT / "results" / args.run
+    if args.variants is None:
+        demo = yaml.safe_load((ROOT / "workflow/configs/demo_ablations.yaml").read_text())
+        args.variants = ["full", *demo["train"]["ablations"]]
+    unknown = [v for v in args.variants if v != "full" and v not in ABLATIONS]
+    missing = [str(results / f"graph/{model_graph_variant(v)}/graph.safetensors") for v in args.variants
+               if v != "full" and v in ABLATIONS
+               and not (results / f"graph/{model_graph_variant(v)}/graph.safetensors").exists()]
+    if unknown or missing:
+        raise SystemExit(f"unknown variants {unknown} (known: {', '.join(ABLATIONS)})" if unknown else
+                         f"no graph for these variants, build them first (make ablations): {', '.join(missing)}")
     options = DatasetOptions()
     adata = ad.read_h5ad(demo_dir(results) / "perturb.h5ad")
     means = pseudobulk(adata, options=options)

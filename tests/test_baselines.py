@@ -168,3 +168,40 @@ def test_linear_is_skipped_when_no_perturbed_gene_is_measured():
     assert result["linear"].predictions is None
     assert "no perturbation embedding" in result["linear"].notes["skipped"]
     assert result["mean"].predictions is not None
+
+
+def test_mean_target_moves_only_the_perturbed_gene_by_the_fitting_singles_own_change():
+    genes = ["A", "B", "C", "D", "x1", "x2"]
+    rng = np.random.default_rng(3)
+    ctrl = rng.uniform(1, 3, size=len(genes))
+    rows = {"ctrl": ctrl}
+    own_change = {"A": -1.0, "B": -2.0, "C": -0.5, "D": -4.0}
+    for g, change in own_change.items():
+        row = ctrl + rng.normal(scale=0.3, size=len(genes))
+        row[genes.index(g)] = ctrl[genes.index(g)] + change
+        rows[f"{g}+ctrl"] = row
+    rows["Z+ctrl"] = ctrl + 0.1  # a perturbed gene that is not measured
+    means = pd.DataFrame(rows, index=genes).T
+    split = pd.DataFrame({"condition": ["A+ctrl", "B+ctrl", "C+ctrl", "D+ctrl", "Z+ctrl"],
+                          "split": ["train", "train", "val", "test", "test"],
+                          "subgroup": ["seen_single", "seen_single", "seen_single", "unseen_single", "unseen_single"]})
+    index = {g: i for i, g in enumerate(genes)}
+    result = fit_predict(["mean_target", "mean"], means, split, control="ctrl", genes_of=genes_of, gene_index=index)
+    target, mean = result["mean_target"].predictions, result["mean"].predictions
+    fitted_own = np.mean([-1.0, -2.0, -0.5])  # train and val singles; the test single's -4 is never read
+    assert result["mean_target"].notes["own_target_change"] == pytest.approx(fitted_own)
+    assert result["mean_target"].notes["n_fit_singles_with_measured_target"] == 3
+    assert target.loc["D+ctrl", "D"] == pytest.approx(ctrl[3] + fitted_own)
+    others = [g for g in genes if g != "D"]
+    np.testing.assert_allclose(target.loc["D+ctrl", others], mean.loc["D+ctrl", others])
+    np.testing.assert_allclose(target.loc["Z+ctrl"], mean.loc["Z+ctrl"])  # its gene is not measured: the mean
+    unmeasured = fit_predict(["mean_target"], means, split, control="ctrl", genes_of=genes_of, gene_index={})
+    np.testing.assert_allclose(unmeasured["mean_target"].predictions, mean)
+
+
+def test_every_baseline_has_its_own_colour_in_the_figures():
+    from grape.evaluation.plots import BASELINE_COLOURS, model_colours
+
+    assert set(BASELINES) <= set(BASELINE_COLOURS)
+    colours = model_colours(["grape", "grape_no_gsl", *BASELINES])
+    assert len(set(colours.values())) == len(colours)

@@ -90,6 +90,7 @@ def test_without_validation_rows_of_a_kind_the_model_stays(observed):
 
 def test_the_default_calibrates_on_validation_per_gene():
     assert Options().calibrate == "validation_gene" and Options().calibrate_scale == "doubles"
+    assert Options().calibrate_anchor == "mean_target"
 
 
 def test_per_gene_factors_keep_real_steps_and_drop_noise():
@@ -147,3 +148,23 @@ def test_the_doubles_are_scaled_to_the_observed_size_on_validation(observed):
     singles_and_training = [row[c] for c in ("A", "B", "C", "D", "C+D")]
     np.testing.assert_allclose(out[singles_and_training], plain[singles_and_training], atol=1e-6)
     assert calibrate(problem(observed), split_table(), pred + 2.0)[1].record().get("scale") is None
+
+
+def test_the_mean_target_anchor_keeps_the_own_target_change_of_a_single(observed):
+    base = anchors(observed)
+    row = {c: i for i, c in enumerate(CONDITIONS)}
+    own = {"C": base["C"].copy(), "D": base["D"].copy()}  # node i is column i: A..D are measured genes
+    own["C"][2] = np.mean([observed[0, 0], observed[1, 1]])  # C on validation: the training singles A, B
+    own["D"][3] = np.mean([observed[0, 0], observed[1, 1], observed[2, 2]])  # D on test: A, B and C
+    pred = observed.copy()
+    pred[row["C"]] = own["C"] - (observed[row["C"]] - own["C"])  # pointing away: factor 0
+    pred[row["D"]] += 5.0
+    out, fitted = calibrate(problem(observed), split_table(), pred + 2.0, anchor="mean_target")
+    out -= 2.0
+    assert fitted.lam["singles"] == 0.0
+    np.testing.assert_allclose(out[row["D"]], own["D"], atol=1e-6)  # the mean, with D's own gene at the singles' own change
+    np.testing.assert_allclose(out[row["C"]], own["C"], atol=1e-6)
+    plain, _ = calibrate(problem(observed), split_table(), pred + 2.0)
+    assert not np.allclose(plain[row["D"]] - 2.0, own["D"])  # the default anchor is the plain mean
+    with pytest.raises(ValueError, match="calibrate_anchor"):
+        calibrate(problem(observed), split_table(), pred + 2.0, anchor="median")

@@ -146,7 +146,7 @@ def test_run_perfect_predictions(tmp_path, monkeypatch, de_in_uns):
     assert metrics.loc[("grape", "all", "mse"), "n_conditions"] == 3
     assert metrics.loc[("grape", "unseen_single", "mse"), "n_conditions"] == 2
     assert metrics.loc[("no_change", "all", "mse"), "value"] > 0.01
-    assert set(metrics.index.get_level_values("model")) == {"grape", "no_change", "mean", "additive", "linear"}
+    assert set(metrics.index.get_level_values("model")) == {"grape", "no_change", "mean", "mean_target", "additive", "linear"}
     assert set(metrics.index.get_level_values("metric")) == set(METRICS)
     # G0+G1: both singles were fitted (G0 train, G1 val), and the data are nearly additive
     per = pd.read_csv(tmp_path / "eval" / "per_condition.tsv", sep="\t")
@@ -174,7 +174,7 @@ def test_run_perfect_predictions(tmp_path, monkeypatch, de_in_uns):
 
     table = ad.read_h5ad(tmp_path / "eval" / "test_predictions.h5ad")
     assert table.obs_names.tolist() == ["G0+G1", "G2+ctrl", "G3+ctrl"]
-    assert set(table.layers) == {"grape", "no_change", "mean", "additive", "linear"}
+    assert set(table.layers) == {"grape", "no_change", "mean", "mean_target", "additive", "linear"}
     np.testing.assert_allclose(table.layers["grape"], table.X, atol=1e-5)
     np.testing.assert_allclose(table.var["control_mean"], means.loc["ctrl"])
     assert table.obsm["de_ranked"].shape == (3, 25)

@@ -11,6 +11,14 @@ test conditions beside the model. Which ones run is ``evaluate.baselines``.
     the control mean, for every condition.
 ``mean``
     the mean over the fitting conditions of their mean expression.
+``mean_target``
+    the mean baseline, except at a condition's own perturbed genes that are measured: there the
+    control plus the mean change of a fitting single's own target gene (over the fitting singles
+    whose gene is measured). A knockdown lowers its target's mRNA, an activation raises it, a
+    knockout may leave it as it is: the other conditions' changes of that gene say nothing about
+    it, so the mean baseline misses the one change every screen's design makes. Equal to ``mean``
+    where no fitting single's gene is measured. A model that only learns "the target moves by the
+    usual amount" ties it.
 ``mean_doubles``
     the mean over the fitting doubles (two perturbed genes) of their mean expression, for
     every condition: the mean baseline of the double-perturbation setting (skipped when no
@@ -60,7 +68,7 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-BASELINES: tuple[str, ...] = ("no_change", "mean", "mean_doubles", "additive", "linear")
+BASELINES: tuple[str, ...] = ("no_change", "mean", "mean_target", "mean_doubles", "additive", "linear")
 FIT_SPLITS: tuple[str, ...] = ("train", "val")
 
 
@@ -115,6 +123,28 @@ def mean_baseline(means: pd.DataFrame, split: pd.DataFrame, *, fit_splits: Seque
     mean = means.loc[train].to_numpy(dtype=np.float64).mean(axis=0)
     return Baseline(_frame(np.tile(mean, (len(conds), 1)), conds, means.columns),
                     {"n_fit_conditions": len(train)})
+
+
+def mean_target(means: pd.DataFrame, split: pd.DataFrame, *, control: str, genes_of: Callable[[str], tuple[str, ...]],
+                gene_index: Mapping[str, int], fit_splits: Sequence[str] = FIT_SPLITS) -> Baseline:
+    """The mean baseline with each measured perturbed gene at the control plus the fitting singles'
+    mean change of their own target (module text)."""
+    train = fitting_conditions(split, fit_splits)
+    ctrl = means.loc[control].to_numpy(dtype=np.float64)
+    own = [means.loc[c].to_numpy(dtype=np.float64)[gene_index[g]] - ctrl[gene_index[g]]
+           for c in train for g in genes_of(c)[:1] if len(genes_of(c)) == 1 and g in gene_index]
+    base = mean_baseline(means, split, fit_splits=fit_splits)
+    pred = base.predictions.copy()
+    notes = {**base.notes, "n_fit_singles_with_measured_target": len(own)}
+    if not own:
+        return Baseline(pred, {**notes, "own_target_change": None})
+    change = float(np.mean(own))
+    values = pred.to_numpy()
+    for row, cond in enumerate(pred.index):
+        for g in genes_of(cond):
+            if g in gene_index:
+                values[row, gene_index[g]] = ctrl[gene_index[g]] + change
+    return Baseline(_frame(values, pred.index, means.columns), {**notes, "own_target_change": change})
 
 
 def mean_doubles(means: pd.DataFrame, split: pd.DataFrame, *, genes_of: Callable[[str], tuple[str, ...]],
@@ -266,6 +296,9 @@ def fit_predict(
             out[name] = no_change(means, split, control=control)
         elif name == "mean":
             out[name] = mean_baseline(means, split, fit_splits=fit_splits)
+        elif name == "mean_target":
+            out[name] = mean_target(means, split, control=control, genes_of=genes_of, gene_index=gene_index,
+                                    fit_splits=fit_splits)
         elif name == "additive":
             out[name] = additive(means, split, control=control, genes_of=genes_of, fit_splits=fit_splits)
         elif name == "mean_doubles":

@@ -26,7 +26,8 @@ from grape.evaluation.metrics import METRICS  # noqa: E402
 log = logging.getLogger(__name__)
 
 # Stable colours: the model first, then the baselines, then variants.
-BASELINE_COLOURS = {"no_change": "#9e9e9e", "mean": "#8c6d31", "additive": "#e6550d", "linear": "#31a354"}
+BASELINE_COLOURS = {"no_change": "#9e9e9e", "mean": "#8c6d31", "mean_target": "#bf812d", "mean_doubles": "#dfc27d",
+                    "additive": "#e6550d", "linear": "#31a354"}
 MODEL_COLOUR = "#3182bd"
 VARIANT_COLOURS = ["#6baed6", "#756bb1", "#9e9ac8", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 

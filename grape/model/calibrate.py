@@ -14,7 +14,11 @@ anchor comes from training rows only (it is a held-out condition there); a test 
 training and validation rows, as the evaluation's baselines are fitted. Training rows are left
 as predicted. A kind without validation rows keeps ``lam = 1``. Doubles with a single that is
 not a fitting condition of the same cell state have no additive anchor and are left as predicted.
-Every anchor is per cell state (context).
+Every anchor is per cell state (context). With ``train.calibrate_anchor: mean_target`` an unseen
+single's anchor is the evaluation's ``mean_target`` baseline instead of ``mean``: at the row's own
+perturbed gene (when measured) the anchor is the mean change of the fitting singles' own targets,
+so that shrinking toward the baseline keeps the change that the perturbation makes to its own
+target (the other conditions' mean says nothing about that gene).
 
 ``train.calibrate: validation_gene`` fits one factor per kind and gene instead: each gene's
 least-squares factor over the validation rows is an estimate with its own sampling variance
@@ -108,22 +112,35 @@ def gene_factors(pred: np.ndarray, anchor: np.ndarray, observed: np.ndarray) -> 
     return lam, tau2
 
 
-def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndarray) -> dict[str, tuple]:
-    """Anchor of each of ``rows`` from the rows where ``fit`` holds: ``{kind: (rows, anchors)}``."""
+def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndarray, *,
+             own_target: bool = False) -> dict[str, tuple]:
+    """Anchor of each of ``rows`` from the rows where ``fit`` holds: ``{kind: (rows, anchors)}``;
+    ``own_target``: a single's anchor at its own measured gene is the fitting singles' mean own-target change."""
     context = problem.context_index.numpy()
     perturbed = problem.perturbed.numpy()
     single = perturbed[:, 1] < 0
+    column = {int(node): c for c, node in enumerate(problem.measured_nodes.tolist())}
     out: dict[str, tuple] = {}
     singles = rows[single[rows]]
     if len(singles):
-        means = {}
+        means, own = {}, {}
         for k in np.unique(context[singles]):
             pick = fit & (context == k)
             if pick.any():
                 means[k] = delta[pick].mean(axis=0)
+            changes = [delta[r, column[int(perturbed[r, 0])]] for r in np.flatnonzero(pick & single)
+                       if int(perturbed[r, 0]) in column]
+            if changes:
+                own[k] = float(np.mean(changes))
         keep = np.array([context[r] in means for r in singles], dtype=bool)
         singles = singles[keep]
-        out["singles"] = (singles, np.stack([means[context[r]] for r in singles]) if len(singles) else None)
+        anchors = np.stack([means[context[r]] for r in singles]) if len(singles) else None
+        if own_target and anchors is not None:
+            for i, r in enumerate(singles):
+                col = column.get(int(perturbed[r, 0]))
+                if col is not None and context[r] in own:
+                    anchors[i, col] = own[context[r]]
+        out["singles"] = (singles, anchors)
     doubles = rows[~single[rows]]
     if len(doubles):
         observed = {(int(context[r]), int(perturbed[r, 0])): r for r in np.flatnonzero(fit & single)}
@@ -145,10 +162,15 @@ def magnitude_factor(pred: np.ndarray, observed: np.ndarray) -> float:
 
 
 def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray, *,
-              per_gene: bool = False, scale: tuple[str, ...] = ()) -> tuple[np.ndarray, Calibration]:
+              per_gene: bool = False, scale: tuple[str, ...] = (),
+              anchor: str = "mean") -> tuple[np.ndarray, Calibration]:
     """Calibrated predicted mean expression ``[R, G]`` of every row (see the module text); ``per_gene``:
     ``validation_gene``'s factor per kind and gene; ``scale``: the kinds whose calibrated changes are
-    brought to the observed size (``calibrate_scale``)."""
+    brought to the observed size (``calibrate_scale``); ``anchor``: the singles' baseline, ``mean`` or
+    ``mean_target`` (``calibrate_anchor``)."""
+    if anchor not in ("mean", "mean_target"):
+        raise ValueError(f"train.calibrate_anchor: {anchor!r} is not one of mean, mean_target")
+    own_target = anchor == "mean_target"
     label = split.set_index("condition")["split"]
     row_split = label.reindex(problem.conditions).fillna("").astype(str).to_numpy()
     controls = problem.controls[problem.context_index.numpy()]
@@ -160,7 +182,7 @@ def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray, *,
     counts: dict[str, int] = {}
     gene_lam: dict[str, np.ndarray] = {}
     tau2: dict[str, float] = {}
-    val_anchor = _anchors(problem, observed, train, np.flatnonzero(val))
+    val_anchor = _anchors(problem, observed, train, np.flatnonzero(val), own_target=own_target)
     for kind in KINDS:
         rows, anchors = val_anchor.get(kind, (np.zeros(0, dtype=np.int64), None))
         counts[kind] = int(len(rows))
@@ -169,7 +191,7 @@ def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray, *,
             gene_lam[kind], tau2[kind] = (gene_factors(pred[rows], anchors, observed[rows]) if len(rows)
                                           else (np.full(pred.shape[1], lam[kind]), 0.0))
     out = pred.copy()
-    anchored_sets = (val_anchor, _anchors(problem, observed, train | val, np.flatnonzero(test)))
+    anchored_sets = (val_anchor, _anchors(problem, observed, train | val, np.flatnonzero(test), own_target=own_target))
     for anchored in anchored_sets:
         for kind, (rows, anchors) in anchored.items():
             if len(rows):

@@ -655,7 +655,8 @@ def train_model(problem: Problem, graph: Graph, split: pd.DataFrame, *, options:
     calibration = None
     if options.calibrate != "none":
         predictions, fitted = calibrate(problem, split, predictions, per_gene=options.calibrate == "validation_gene",
-                                        scale=() if options.calibrate_scale == "none" else (options.calibrate_scale,))
+                                        scale=() if options.calibrate_scale == "none" else (options.calibrate_scale,),
+                                        anchor=options.calibrate_anchor)
         calibration = fitted.record()
         log.info("calibrated toward the baselines on the validation conditions: lambda %s (validation rows %s)%s%s",
                  calibration["lambda"], calibration["n_val_rows"],
