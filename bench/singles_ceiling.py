@@ -45,6 +45,7 @@ import argparse
 import gzip
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -52,6 +53,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from grape.data.normalize import normalize_counts
+from grape.evaluation.metrics import pearson
 
 DATA = "../shared/data"
 KERNEL_GRID = tuple((tau, w) for tau in (0.02, 0.05, 0.1) for w in (0.3, 0.6, 1.0))
@@ -75,13 +77,6 @@ SCREENS = (
     Screen("norman_devel", f"{DATA}/perturbench_devel.h5ad", "condition", "control",
            subset=("dataset", "norman19"), counts=False, separator="+"),
 )
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a = a - a.mean()
-    b = b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else 0.0
 
 
 def parts(screen: Screen) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
@@ -212,9 +207,12 @@ def one_repeat(screen: Screen, data, rng: np.random.Generator) -> dict[str, floa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    absent = [screen.path for screen in SCREENS if not Path(screen.path).is_file()]
+    if absent:
+        raise SystemExit(f"the real screens are not here ({', '.join(absent)}): run from the project root with ../shared/data beside it")
     rng = np.random.default_rng(args.seed)
     table = []
     for screen in SCREENS:

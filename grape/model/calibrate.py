@@ -129,7 +129,7 @@ def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndar
             if pick.any():
                 means[k] = delta[pick].mean(axis=0)
             changes = [delta[r, column[int(perturbed[r, 0])]] for r in np.flatnonzero(pick & single)
-                       if int(perturbed[r, 0]) in column]
+                       if own_target and int(perturbed[r, 0]) in column]
             if changes:
                 own[k] = float(np.mean(changes))
         keep = np.array([context[r] in means for r in singles], dtype=bool)
