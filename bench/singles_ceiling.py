@@ -79,6 +79,11 @@ SCREENS = (
 )
 
 
+def singles_of(screen: Screen, labels: np.ndarray) -> list[str]:
+    """The screen's single perturbations among ``labels`` (no control, no double), sorted."""
+    return sorted(c for c in set(labels) if c != screen.control and not (screen.separator and screen.separator in c))
+
+
 def parts(screen: Screen) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
     """Per context: the normalised cells (dense float64) and their condition labels; the genes."""
     adata = ad.read_h5ad(screen.path)
@@ -130,8 +135,7 @@ def full_depth(screen: Screen, data, genes: list[str]) -> dict[str, float]:
     rows = []
     column = {g: i for i, g in enumerate(genes)}
     for x, labels in data.values():
-        singles = sorted(c for c in set(labels) if c != screen.control
-                         and not (screen.separator and screen.separator in c))
+        singles = singles_of(screen, labels)
         ctrl = x[labels == screen.control].mean(0)
         full = np.array([x[labels == c].mean(0) - ctrl for c in singles])
         own = np.array([full[i, column[c]] if c in column else np.nan for i, c in enumerate(singles)])
@@ -176,8 +180,7 @@ def one_repeat(screen: Screen, data, rng: np.random.Generator) -> dict[str, floa
     rows: list[dict[str, float]] = []
     res_a, res_b, resid_pairs = [], [], []
     for x, labels in data.values():
-        singles = sorted(c for c in set(labels) if c != screen.control
-                         and not (screen.separator and screen.separator in c))
+        singles = singles_of(screen, labels)
         full, a, b = halves(x, labels, control=screen.control, singles=singles, rng=rng)
         n = len(singles)
         for i in range(n):

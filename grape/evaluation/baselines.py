@@ -131,8 +131,8 @@ def mean_target(means: pd.DataFrame, split: pd.DataFrame, *, control: str, genes
     mean change of their own target (module text)."""
     train = fitting_conditions(split, fit_splits)
     ctrl = means.loc[control].to_numpy(dtype=np.float64)
-    own = [means.loc[c].to_numpy(dtype=np.float64)[gene_index[g]] - ctrl[gene_index[g]]
-           for c in train for g in genes_of(c)[:1] if len(genes_of(c)) == 1 and g in gene_index]
+    singles = [(c, genes_of(c)[0]) for c in train if len(genes_of(c)) == 1]
+    own = [means.loc[c].iloc[gene_index[g]] - ctrl[gene_index[g]] for c, g in singles if g in gene_index]
     base = mean_baseline(means, split, fit_splits=fit_splits)
     pred = base.predictions.copy()
     notes = {**base.notes, "n_fit_singles_with_measured_target": len(own)}

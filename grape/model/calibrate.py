@@ -52,6 +52,11 @@ if TYPE_CHECKING:
 KINDS = ("singles", "doubles")
 
 
+def _none() -> tuple[np.ndarray, None]:
+    """No rows of a kind: ``(rows, anchors)`` with no rows."""
+    return np.zeros(0, dtype=np.int64), None
+
+
 @dataclass(frozen=True)
 class Calibration:
     """The fitted factors and how many validation rows fitted each."""
@@ -119,23 +124,25 @@ def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndar
     context = problem.context_index.numpy()
     perturbed = problem.perturbed.numpy()
     single = perturbed[:, 1] < 0
-    column = {int(node): c for c, node in enumerate(problem.measured_nodes.tolist())}
+    column = {int(node): c for c, node in enumerate(problem.measured_nodes.tolist())} if own_target else {}
     out: dict[str, tuple] = {}
     singles = rows[single[rows]]
     if len(singles):
-        means, own = {}, {}
+        means = {}
         for k in np.unique(context[singles]):
             pick = fit & (context == k)
             if pick.any():
                 means[k] = delta[pick].mean(axis=0)
-            changes = [delta[r, column[int(perturbed[r, 0])]] for r in np.flatnonzero(pick & single)
-                       if own_target and int(perturbed[r, 0]) in column]
-            if changes:
-                own[k] = float(np.mean(changes))
         keep = np.array([context[r] in means for r in singles], dtype=bool)
         singles = singles[keep]
         anchors = np.stack([means[context[r]] for r in singles]) if len(singles) else None
         if own_target and anchors is not None:
+            own: dict[int, float] = {}  # per context: the fitting singles' mean change of their own gene
+            for k in np.unique(context[singles]):
+                changes = [delta[r, column[int(perturbed[r, 0])]] for r in np.flatnonzero(fit & single & (context == k))
+                           if int(perturbed[r, 0]) in column]
+                if changes:
+                    own[k] = float(np.mean(changes))
             for i, r in enumerate(singles):
                 col = column.get(int(perturbed[r, 0]))
                 if col is not None and context[r] in own:
@@ -184,7 +191,7 @@ def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray, *,
     tau2: dict[str, float] = {}
     val_anchor = _anchors(problem, observed, train, np.flatnonzero(val), own_target=own_target)
     for kind in KINDS:
-        rows, anchors = val_anchor.get(kind, (np.zeros(0, dtype=np.int64), None))
+        rows, anchors = val_anchor.get(kind, _none())
         counts[kind] = int(len(rows))
         lam[kind] = shrink_factor(pred[rows], anchors, observed[rows]) if len(rows) else 1.0
         if per_gene:
@@ -198,10 +205,10 @@ def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray, *,
                 out[rows] = anchors + gene_lam.get(kind, lam[kind]) * (pred[rows] - anchors)
     factors = {}
     for kind in scale:
-        rows = val_anchor.get(kind, (np.zeros(0, dtype=np.int64), None))[0]
+        rows = val_anchor.get(kind, _none())[0]
         factors[kind] = magnitude_factor(out[rows], observed[rows])
         for anchored in anchored_sets:
-            scaled = anchored.get(kind, (np.zeros(0, dtype=np.int64), None))[0]
+            scaled = anchored.get(kind, _none())[0]
             out[scaled] *= factors[kind]
     fitted = Calibration(lam, counts, gene_lam if per_gene else None, tau2 if per_gene else None,
                          factors if scale else None)
