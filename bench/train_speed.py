@@ -16,6 +16,10 @@ of an epoch) and no early stop; the figure is the median of ``history.tsv``'s ``
     .venv/bin/python bench/train_speed.py metrics --old /tmp/grape-da19230 --seeds 0 1 2 --out bench/train_metrics.tsv
     .venv/bin/python bench/train_speed.py metrics --seeds 0 1 2 --out bench/train_refresh_metrics.tsv
     .venv/bin/python bench/train_speed.py profile --code . --kind carpool
+    .venv/bin/python bench/train_speed.py flops --kind carpool --set hidden=64 batch_size=16 --out bench/train_flops_carpool.tsv
+
+``flops`` counts the new code's matrix products of an epoch and sets them against this machine's
+measured float32 rate (:func:`flops_cmd`).
 
 ``worker`` (internal) trains one code on one saved input and prints one JSON line. The old code may
 have either package layout: ``grape.model.train`` / ``grape.model.gnn``, or da19230's flat
@@ -256,6 +260,117 @@ def profile_cmd(args: argparse.Namespace) -> None:
         print(proc.stdout)
 
 
+def _matmul_flops(func, args) -> tuple[str, float, bool] | None:
+    """``(op, flops, sparse)`` of a matrix product ``func(*args)``, or None for any other op: dense
+    ``2 m k n`` (batched: times the batch), a product with a sparse operand ``2 nnz n``, a sampled
+    product (SDDMM) ``2 nnz k``."""
+    import torch
+
+    aten = torch.ops.aten
+    name = func.overloadpacket.__name__
+    if name in ("mm", "addmm", "bmm", "baddbmm"):
+        a, b = (args[0], args[1]) if name in ("mm", "bmm") else (args[1], args[2])
+        if a.layout != torch.strided or b.layout != torch.strided:
+            sparse, dense = (a, b) if a.layout != torch.strided else (b, a)
+            width = dense.shape[-1] if sparse is a else dense.shape[0]
+            return name, 2.0 * sparse._nnz() * width, True
+        batch = a.shape[0] if a.dim() == 3 else 1
+        return name, 2.0 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1], False
+    if func.overloadpacket is aten.sparse_sampled_addmm:
+        return name, 2.0 * args[0]._nnz() * args[1].shape[-1], True
+    return None
+
+
+def flops_cmd(args: argparse.Namespace) -> None:
+    """FLOPs of the new code's training epochs, set against this machine's measured rate of matrix products.
+
+    A dispatch mode sees every operator of a ``train.fit`` (forward, backward, the learned
+    graph's search, validation), counts the matrix products' FLOPs (a sparse operand by its
+    non-zeros) and times each product where it runs; the epochs' FLOPs are those of an
+    ``--epochs`` fit minus those of a one-epoch fit, per epoch. The machine's rate: one thread,
+    a 2048 x 2048 float32 product (the peak that MKL reaches) and the step's own product shapes
+    as they ran. The floor is the epoch's dense FLOPs at the peak rate: no code that computes
+    this model in float32 on one core can take less.
+    """
+    import dataclasses
+    from collections import defaultdict
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(ROOT))
+    train, _ = _train_module()
+
+    class Counter(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flops, self.seconds = defaultdict(float), defaultdict(float)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            counted = _matmul_flops(func, args)
+            if counted is None:
+                return func(*args, **(kwargs or {}))
+            start = time.perf_counter()
+            out = func(*args, **(kwargs or {}))
+            key = ("sparse" if counted[2] else "dense", counted[0])
+            self.seconds[key] += time.perf_counter() - start
+            self.flops[key] += counted[1]
+            return out
+
+    def fit(epochs: int) -> tuple[Counter, list[float]]:
+        overrides = {k: int(v) for k, v in (item.split("=") for item in args.set)}
+        options = dataclasses.replace(train.Options(), epochs=epochs, patience=epochs + 1, device="cpu", seed=0,
+                                      pretrain_epochs=0, **overrides)
+        inputs = torch.load(_inputs_path(args), weights_only=False)
+        problem, graph, split = _problem_and_graph(inputs)
+        with Counter() as counter:
+            _, history, _ = train.fit(problem, graph, split, options=options, device="cpu")
+        return counter, history["seconds"].tolist()
+
+    def rate(m: int, k: int, n: int, repeats: int = 5) -> float:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        a @ b
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        return 2.0 * m * k * n * repeats / (time.perf_counter() - start)
+
+    one, _ = fit(1)
+    many, seconds = fit(args.epochs)
+    epochs = args.epochs - 1
+    plain = _result(_launch(ROOT, _inputs_path(args), epochs=args.epochs, overrides=tuple(args.set)))
+    epoch_s = _median_after_first(plain["epoch_seconds"])
+    peak = max(rate(2048, 2048, 2048) for _ in range(3))
+    rows = []
+    for key in sorted(many.flops):
+        flops = (many.flops[key] - one.flops.get(key, 0.0)) / epochs
+        secs = (many.seconds[key] - one.seconds.get(key, 0.0)) / epochs
+        rows.append({"kind": key[0], "op": key[1], "gflop_per_epoch": flops / 1e9, "seconds_per_epoch": secs,
+                     "gflop_per_s": flops / secs / 1e9 if secs else float("nan")})
+    dense = sum(r["gflop_per_epoch"] for r in rows if r["kind"] == "dense") * 1e9
+    summary = {"problem": args.kind, "genes": args.genes, "set": " ".join(args.set), "epoch_s": epoch_s,
+               "epoch_s_counted": float(sum(seconds[1:]) / epochs) if epochs else float("nan"),
+               "matmul_s_per_epoch": sum(r["seconds_per_epoch"] for r in rows),
+               "dense_gflop_per_epoch": dense / 1e9,
+               "sparse_gflop_per_epoch": sum(r["gflop_per_epoch"] for r in rows if r["kind"] == "sparse"),
+               "peak_gflop_per_s": peak / 1e9, "floor_epoch_s": dense / peak, "load": _load(), "threads": 1}
+    for row in rows:
+        print(row)
+    print(json.dumps(summary))
+    if args.out:
+        import pandas as pd
+
+        pd.DataFrame([{**summary, **row} for row in rows]).to_csv(args.out, sep="\t", index=False,
+                                                                   float_format="%.4g")
+
+
+def _inputs_path(args: argparse.Namespace) -> Path:
+    directory = Path(tempfile.gettempdir()) / "grape-train-speed-inputs"
+    directory.mkdir(exist_ok=True)
+    return _inputs(args.kind, args.genes, directory)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -295,8 +410,14 @@ def main() -> None:
     p.add_argument("--genes", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--rows", type=int, default=25)
+    f = sub.add_parser("flops")
+    f.add_argument("--kind", default="carpool")
+    f.add_argument("--genes", type=int, default=2000)
+    f.add_argument("--epochs", type=int, default=3)
+    f.add_argument("--set", nargs="*", default=[], help="integer option overrides, key=value")
+    f.add_argument("--out", type=Path)
     args = parser.parse_args()
-    commands = {"worker": worker, "speed": speed, "scaling": scaling, "metrics": metrics, "profile": profile_cmd}
+    commands = {"flops": flops_cmd, "worker": worker, "speed": speed, "scaling": scaling, "metrics": metrics, "profile": profile_cmd}
     commands[args.command](args)
 
 
