@@ -24,9 +24,10 @@ gene, when measured, at the other singles' mean own-target change: the evaluatio
 * ``best_neighbour``: the one other single whose change correlates best with the condition's, chosen
   with hindsight on the condition itself: what a kernel over seen singles could reach if gene
   knowledge pointed at the right neighbour;
-* ``text_kernel`` / ``go_kernel``: ``mean + w * sum_j a_j (delta_j - mean)`` with ``a`` the softmax over
+* ``text_kernel`` / ``go_kernel`` / ``tf_kernel``: ``mean + w * sum_j a_j (delta_j - mean)`` with ``a`` the softmax over
   the other singles of the genes' similarity over a temperature: the cosine of the packaged MiniLM's
-  embeddings of their RefSeq summaries, or the Jaccard of their GO:BP gene sets; the best of the nine
+  embeddings of their RefSeq summaries, the Jaccard of their GO:BP gene sets, or the Jaccard of their
+  neighbourhoods in the TF -> target table (their targets and their regulators); the best of the nine
   (temperature, ``w``) settings of ``KERNEL_GRID``, chosen on these same conditions (optimistic);
 
 and ``ideal`` is a model that predicts every condition's expected mean exactly: its
@@ -126,8 +127,18 @@ def similarities(genes: list[str]) -> dict[str, np.ndarray]:
             for g in members:
                 if g in sets:
                     sets[g].add(name)
-    jaccard = np.array([[len(sets[a] & sets[b]) / max(1, len(sets[a] | sets[b])) for b in genes] for a in genes])
-    return {"text": vectors @ vectors.T, "go": jaccard}
+    tf = pd.read_csv(f"{DATA}/tf_targets_human.tsv.gz", sep="\t")
+    network: dict[str, set[tuple[str, str]]] = {g: set() for g in genes}  # targets and regulators
+    for source, target in zip(tf["source"].astype(str), tf["target"].astype(str)):
+        if source in network:
+            network[source].add(("target", target))
+        if target in network:
+            network[target].add(("regulator", source))
+    return {"text": vectors @ vectors.T, "go": _jaccard(sets, genes), "tf": _jaccard(network, genes)}
+
+
+def _jaccard(sets: dict[str, set], genes: list[str]) -> np.ndarray:
+    return np.array([[len(sets[a] & sets[b]) / max(1, len(sets[a] | sets[b])) for b in genes] for a in genes])
 
 
 def full_depth(screen: Screen, data, genes: list[str]) -> dict[str, float]:
@@ -162,8 +173,9 @@ def full_depth(screen: Screen, data, genes: list[str]) -> dict[str, float]:
                     row[f"{name}_{tau}_{w}"] = pearson(pred, t)
             rows.append(row)
     means = pd.DataFrame(rows).mean()
-    out = {k: v for k, v in means.items() if not k.startswith(("text_", "go_"))}
-    for name in ("text", "go"):
+    kernels = ("text", "go", "tf")
+    out = {k: v for k, v in means.items() if not k.startswith(tuple(f"{name}_" for name in kernels))}
+    for name in kernels:
         grid = means[[c for c in means.index if c.startswith(f"{name}_")]]
         out[f"pd_{name}_kernel_full"] = grid.max()
         out[f"{name}_kernel_setting"] = grid.idxmax().removeprefix(f"{name}_")
