@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", choices=("validation", "validation_gene"), default="validation")
     parser.add_argument("--scale", choices=("none", "doubles"), default="none", help="train.calibrate_scale")
     parser.add_argument("--anchor", choices=("mean", "mean_target"), default="mean", help="train.calibrate_anchor")
+    parser.add_argument("--seen1", choices=("none", "additive", "additive_mean"), default="none",
+                        help="train.calibrate_seen1: doubles with one fitting single")
     args = parser.parse_args(argv)
     target = args.run.with_name(args.run.name + args.suffix)
     if target.exists():
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         if list(expected.obs_names) != list(saved.obs_names) or list(expected.var_names) != list(saved.var_names):
             raise SystemExit(f"{model_dir}: predictions.h5ad rows or genes differ from the problem's")
         predictions, fitted = calibrate(problem, split, saved.X, per_gene=args.mode == "validation_gene",
-                                        scale=() if args.scale == "none" else (args.scale,), anchor=args.anchor)
+                                        scale=() if args.scale == "none" else (args.scale,), anchor=args.anchor, seen1=args.seen1)
         saved.X = predictions
         saved.write_h5ad(model_dir / "predictions.h5ad")
         record["calibration"] = fitted.record()

@@ -168,3 +168,45 @@ def test_the_mean_target_anchor_keeps_the_own_target_change_of_a_single(observed
     assert not np.allclose(plain[row["D"]] - 2.0, own["D"])  # the default anchor is the plain mean
     with pytest.raises(ValueError, match="calibrate_anchor"):
         calibrate(problem(observed), split_table(), pred + 2.0, anchor="median")
+
+
+# doubles with one fitting single: B+C validates (C is a validation single, so not fitting for it),
+# A+D is a test double (D is a test single)
+SEEN1 = {"A": "train", "B": "train", "C": "val", "D": "test", "A+B": "train", "B+C": "val", "A+D": "test"}
+SEEN1_PERTURBED = [[0, -1], [1, -1], [2, -1], [3, -1], [0, 1], [1, 2], [0, 3]]
+
+
+def seen1_problem(delta: np.ndarray) -> tuple[Problem, pd.DataFrame]:
+    problem = Problem(list(SEEN1), torch.tensor(SEEN1_PERTURBED), torch.as_tensor(delta, dtype=torch.float32),
+                      np.full((1, delta.shape[1]), 2.0, dtype=np.float32), torch.arange(delta.shape[1]),
+                      [f"g{i}" for i in range(delta.shape[1])])
+    return problem, pd.DataFrame({"condition": list(SEEN1), "split": list(SEEN1.values())})
+
+
+@pytest.mark.parametrize("seen1", ["additive", "additive_mean"])
+def test_doubles_with_one_fitting_single_shrink_toward_it(observed, seen1):
+    problem, split = seen1_problem(observed)
+    row = {c: i for i, c in enumerate(SEEN1)}
+    anchor = {"B+C": observed[row["B"]].copy(), "A+D": observed[row["A"]].copy()}  # the seen single's change
+    if seen1 == "additive_mean":  # plus the mean of the fitting singles, the unseen gene's own column at their own change
+        anchor["B+C"] += observed[[0, 1]].mean(0)
+        anchor["B+C"][2] = observed[1, 2] + np.mean([observed[0, 0], observed[1, 1]])
+        anchor["A+D"] += observed[[0, 1, 2]].mean(0)
+        anchor["A+D"][3] = observed[0, 3] + np.mean([observed[0, 0], observed[1, 1], observed[2, 2]])
+    pred = observed.copy()
+    pred[row["B+C"]] = anchor["B+C"] + 4.0 * (observed[row["B+C"]] - anchor["B+C"])  # factor 0.25 on validation
+    pred[row["A+D"]] = anchor["A+D"] + 3.0
+    out, fitted = calibrate(problem, split, pred + 2.0, anchor="mean_target", seen1=seen1)
+    out -= 2.0
+    assert fitted.lam["seen1"] == pytest.approx(0.25) and fitted.n_val_rows["seen1"] == 1
+    np.testing.assert_allclose(out[row["B+C"]], observed[row["B+C"]], atol=1e-5)
+    np.testing.assert_allclose(out[row["A+D"]], anchor["A+D"] + 0.75, atol=1e-5)  # the test double: the same factor
+    plain, plain_fit = calibrate(problem, split, pred + 2.0, anchor="mean_target")
+    np.testing.assert_allclose(plain[[row["B+C"], row["A+D"]]] - 2.0, pred[[row["B+C"], row["A+D"]]], atol=1e-6)
+    assert "seen1" not in plain_fit.lam  # without it, such doubles are left as predicted
+    with pytest.raises(ValueError, match="calibrate_seen1"):
+        calibrate(problem, split, pred + 2.0, seen1="mean")
+
+
+def test_the_default_calibrates_doubles_with_one_seen_single_toward_it_plus_the_mean():
+    assert Options().calibrate_seen1 == "additive_mean"

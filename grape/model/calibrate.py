@@ -30,6 +30,16 @@ sampling noise (``tau^2 = 0``), or there are fewer than two validation rows, eve
 kind's factor: ``validation`` exactly. A gene whose step is real on validation keeps it; a gene
 whose step is noise there moves toward the baseline.
 
+``train.calibrate_seen1`` covers the doubles with exactly one fitting single of their cell state
+(GEARS' ``combo_seen1``), which otherwise have no anchor and stay as predicted (``none``). They
+are a kind of their own, ``seen1``, with their own factor, fitted on the validation doubles of
+that kind. ``additive`` anchors them at the seen single's observed change, which is the
+evaluation's additive baseline: the unseen gene adds nothing. ``additive_mean`` (the default)
+adds, for the unseen gene, the mean change of the fitting singles (singles only, since a double
+is two effects). With ``calibrate_anchor: mean_target``, the unseen gene's own measured column
+then takes the seen single's change there plus the fitting singles' mean own-target change. So
+the unseen half gets the mean baseline of an unseen single.
+
 ``train.calibrate_scale: doubles`` then multiplies every calibrated validation and test double's
 change from control by one factor, ``sum |observed| / sum |calibrated|`` over the validation
 doubles' genes: a least-squares fit shrinks its predictions toward the centre of the doubles, which
@@ -49,7 +59,8 @@ import pandas as pd
 if TYPE_CHECKING:
     from grape.model.train import Problem
 
-KINDS = ("singles", "doubles")
+KINDS = ("singles", "doubles", "seen1")
+SEEN1 = ("none", "additive", "additive_mean")  # train.calibrate_seen1
 
 
 def _none() -> tuple[np.ndarray, None]:
@@ -118,13 +129,13 @@ def gene_factors(pred: np.ndarray, anchor: np.ndarray, observed: np.ndarray) -> 
 
 
 def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndarray, *,
-             own_target: bool = False) -> dict[str, tuple]:
+             own_target: bool = False, seen1: str = "none") -> dict[str, tuple]:
     """Anchor of each of ``rows`` from the rows where ``fit`` holds: ``{kind: (rows, anchors)}``;
     ``own_target``: a single's anchor at its own measured gene is the fitting singles' mean own-target change."""
     context = problem.context_index.numpy()
     perturbed = problem.perturbed.numpy()
     single = perturbed[:, 1] < 0
-    column = {int(node): c for c, node in enumerate(problem.measured_nodes.tolist())} if own_target else {}
+    column = {int(node): c for c, node in enumerate(problem.measured_nodes.tolist())}
     out: dict[str, tuple] = {}
     singles = rows[single[rows]]
     if len(singles):
@@ -152,12 +163,28 @@ def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndar
     if len(doubles):
         observed = {(int(context[r]), int(perturbed[r, 0])): r for r in np.flatnonzero(fit & single)}
         kept, anchors = [], []
+        half, half_anchors = [], []
         for r in doubles:
             a, b = (observed.get((int(context[r]), int(g))) for g in perturbed[r])
             if a is not None and b is not None:
                 kept.append(r)
                 anchors.append(delta[a] + delta[b])
+            elif seen1 != "none" and (a is not None or b is not None):
+                seen, unseen = (a, int(perturbed[r, 1])) if a is not None else (b, int(perturbed[r, 0]))
+                anchor = delta[seen].copy()
+                if seen1 == "additive_mean":
+                    pick = fit & single & (context == context[r])
+                    anchor += delta[pick].mean(axis=0)
+                    if own_target and unseen in column:
+                        own = [delta[q, column[int(perturbed[q, 0])]] for q in np.flatnonzero(pick)
+                               if int(perturbed[q, 0]) in column]
+                        if own:
+                            anchor[column[unseen]] = delta[seen, column[unseen]] + float(np.mean(own))
+                half.append(r)
+                half_anchors.append(anchor)
         out["doubles"] = (np.array(kept, dtype=np.int64), np.stack(anchors) if anchors else None)
+        if half:
+            out["seen1"] = (np.array(half, dtype=np.int64), np.stack(half_anchors))
     return out
 
 
@@ -170,13 +197,16 @@ def magnitude_factor(pred: np.ndarray, observed: np.ndarray) -> float:
 
 def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray, *,
               per_gene: bool = False, scale: tuple[str, ...] = (),
-              anchor: str = "mean") -> tuple[np.ndarray, Calibration]:
+              anchor: str = "mean", seen1: str = "none") -> tuple[np.ndarray, Calibration]:
     """Calibrated predicted mean expression ``[R, G]`` of every row (see the module text); ``per_gene``:
     ``validation_gene``'s factor per kind and gene; ``scale``: the kinds whose calibrated changes are
     brought to the observed size (``calibrate_scale``); ``anchor``: the singles' baseline, ``mean`` or
-    ``mean_target`` (``calibrate_anchor``)."""
+    ``mean_target`` (``calibrate_anchor``); ``seen1``: the doubles with one fitting single, ``none``,
+    ``additive`` or ``additive_mean`` (``calibrate_seen1``)."""
     if anchor not in ("mean", "mean_target"):
         raise ValueError(f"train.calibrate_anchor: {anchor!r} is not one of mean, mean_target")
+    if seen1 not in SEEN1:
+        raise ValueError(f"train.calibrate_seen1: {seen1!r} is not one of {', '.join(SEEN1)}")
     own_target = anchor == "mean_target"
     label = split.set_index("condition")["split"]
     row_split = label.reindex(problem.conditions).fillna("").astype(str).to_numpy()
@@ -189,8 +219,9 @@ def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray, *,
     counts: dict[str, int] = {}
     gene_lam: dict[str, np.ndarray] = {}
     tau2: dict[str, float] = {}
-    val_anchor = _anchors(problem, observed, train, np.flatnonzero(val), own_target=own_target)
-    for kind in KINDS:
+    val_anchor = _anchors(problem, observed, train, np.flatnonzero(val), own_target=own_target, seen1=seen1)
+    kinds = KINDS if seen1 != "none" else KINDS[:2]
+    for kind in kinds:
         rows, anchors = val_anchor.get(kind, _none())
         counts[kind] = int(len(rows))
         lam[kind] = shrink_factor(pred[rows], anchors, observed[rows]) if len(rows) else 1.0
@@ -198,7 +229,8 @@ def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray, *,
             gene_lam[kind], tau2[kind] = (gene_factors(pred[rows], anchors, observed[rows]) if len(rows)
                                           else (np.full(pred.shape[1], lam[kind]), 0.0))
     out = pred.copy()
-    anchored_sets = (val_anchor, _anchors(problem, observed, train | val, np.flatnonzero(test), own_target=own_target))
+    anchored_sets = (val_anchor, _anchors(problem, observed, train | val, np.flatnonzero(test), own_target=own_target,
+                                          seen1=seen1))
     for anchored in anchored_sets:
         for kind, (rows, anchors) in anchored.items():
             if len(rows):
