@@ -16,7 +16,10 @@ times only (the copy's train options differ from those it was trained with by th
 ``--mode validation_gene --suffix _calg`` writes the per-gene calibration into ``results/<run>_calg``
 (then ``'train={calibrate: validation_gene}'`` and ``run=<run>_calg`` above); ``--scale doubles`` adds
 ``train.calibrate_scale: doubles`` (then ``'train={calibrate: validation_gene, calibrate_scale: doubles}'``); ``--anchor mean_target`` sets
-``train.calibrate_anchor`` (then ``calibrate_anchor: mean_target`` in ``train``).
+``train.calibrate_anchor`` (then ``calibrate_anchor: mean_target`` in ``train``). ``--seen1 additive_mean`` sets
+``train.calibrate_seen1`` (then ``calibrate_seen1: additive_mean``). Snakemake goes by file times with
+``--rerun-triggers mtime``: when the inputs of the run (the dataset) are newer than the copy, touch the
+copy's files, then its ``train`` outputs, and remove its ``evaluate`` and ``aggregate`` outputs.
 """
 
 from __future__ import annotations
