@@ -136,6 +136,24 @@ def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndar
     perturbed = problem.perturbed.numpy()
     single = perturbed[:, 1] < 0
     column = {int(node): c for c, node in enumerate(problem.measured_nodes.tolist())}
+    cache: dict[tuple[str, int], object] = {}
+
+    def fitting_singles(k: int) -> np.ndarray:
+        return fit & single & (context == k)
+
+    def own_change(k: int) -> float | None:
+        """The fitting singles' (of cell state ``k``) mean change of their own measured gene, or None."""
+        if ("own", k) not in cache:
+            changes = [delta[r, column[int(perturbed[r, 0])]] for r in np.flatnonzero(fitting_singles(k))
+                       if int(perturbed[r, 0]) in column]
+            cache["own", k] = float(np.mean(changes)) if changes else None
+        return cache["own", k]
+
+    def singles_mean(k: int) -> np.ndarray:
+        if ("mean", k) not in cache:
+            cache["mean", k] = delta[fitting_singles(k)].mean(axis=0)
+        return cache["mean", k]
+
     out: dict[str, tuple] = {}
     singles = rows[single[rows]]
     if len(singles):
@@ -148,16 +166,11 @@ def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndar
         singles = singles[keep]
         anchors = np.stack([means[context[r]] for r in singles]) if len(singles) else None
         if own_target and anchors is not None:
-            own: dict[int, float] = {}  # per context: the fitting singles' mean change of their own gene
-            for k in np.unique(context[singles]):
-                changes = [delta[r, column[int(perturbed[r, 0])]] for r in np.flatnonzero(fit & single & (context == k))
-                           if int(perturbed[r, 0]) in column]
-                if changes:
-                    own[k] = float(np.mean(changes))
             for i, r in enumerate(singles):
                 col = column.get(int(perturbed[r, 0]))
-                if col is not None and context[r] in own:
-                    anchors[i, col] = own[context[r]]
+                own = own_change(context[r]) if col is not None else None
+                if own is not None:
+                    anchors[i, col] = own
         out["singles"] = (singles, anchors)
     doubles = rows[~single[rows]]
     if len(doubles):
@@ -173,13 +186,10 @@ def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndar
                 seen, unseen = (a, int(perturbed[r, 1])) if a is not None else (b, int(perturbed[r, 0]))
                 anchor = delta[seen].copy()
                 if seen1 == "additive_mean":
-                    pick = fit & single & (context == context[r])
-                    anchor += delta[pick].mean(axis=0)
-                    if own_target and unseen in column:
-                        own = [delta[q, column[int(perturbed[q, 0])]] for q in np.flatnonzero(pick)
-                               if int(perturbed[q, 0]) in column]
-                        if own:
-                            anchor[column[unseen]] = delta[seen, column[unseen]] + float(np.mean(own))
+                    anchor += singles_mean(context[r])
+                    own = own_change(context[r]) if own_target and unseen in column else None
+                    if own is not None:
+                        anchor[column[unseen]] = delta[seen, column[unseen]] + own
                 half.append(r)
                 half_anchors.append(anchor)
         out["doubles"] = (np.array(kept, dtype=np.int64), np.stack(anchors) if anchors else None)
