@@ -37,7 +37,7 @@ from grape.data.dataset import read_dataset
 from grape.data.split import read_split
 from grape.graph.build import load_graph
 from grape.model import train
-from grape.model.calibrate import calibrate
+from grape.model.calibrate import SEEN1, calibrate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", choices=("validation", "validation_gene"), default="validation")
     parser.add_argument("--scale", choices=("none", "doubles"), default="none", help="train.calibrate_scale")
     parser.add_argument("--anchor", choices=("mean", "mean_target"), default="mean", help="train.calibrate_anchor")
-    parser.add_argument("--seen1", choices=("none", "additive", "additive_mean"), default="none",
+    parser.add_argument("--seen1", choices=SEEN1, default="none",
                         help="train.calibrate_seen1: doubles with one fitting single")
     args = parser.parse_args(argv)
     target = args.run.with_name(args.run.name + args.suffix)

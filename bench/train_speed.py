@@ -76,6 +76,11 @@ def _problem_and_graph(inputs: dict):
     return problem, graph, split
 
 
+def _overrides(items: list[str]) -> dict[str, int]:
+    """Integer option overrides ``key=value`` (``--set``)."""
+    return {k: int(v) for k, v in (item.split("=") for item in items)}
+
+
 def worker(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(args.code).resolve()))
     import dataclasses
@@ -88,9 +93,8 @@ def worker(args: argparse.Namespace) -> None:
 
     inputs = torch.load(args.inputs, weights_only=False)
     problem, graph, split = _problem_and_graph(inputs)
-    overrides = {k: int(v) for k, v in (item.split("=") for item in args.set)}
     options = dataclasses.replace(train.Options(), epochs=args.epochs, patience=args.epochs + 1, device="cpu",
-                                  seed=args.seed, pretrain_epochs=args.pretrain_epochs, **overrides)
+                                  seed=args.seed, pretrain_epochs=args.pretrain_epochs, **_overrides(args.set))
     start = time.perf_counter()
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -319,9 +323,8 @@ def flops_cmd(args: argparse.Namespace) -> None:
             return out
 
     def fit(epochs: int) -> tuple[Counter, list[float]]:
-        overrides = {k: int(v) for k, v in (item.split("=") for item in args.set)}
         options = dataclasses.replace(train.Options(), epochs=epochs, patience=epochs + 1, device="cpu", seed=0,
-                                      pretrain_epochs=0, **overrides)
+                                      pretrain_epochs=0, **_overrides(args.set))
         inputs = torch.load(_inputs_path(args), weights_only=False)
         problem, graph, split = _problem_and_graph(inputs)
         with Counter() as counter:
