@@ -17,7 +17,7 @@ times only (the copy's train options differ from those it was trained with by th
 (then ``'train={calibrate: validation_gene}'`` and ``run=<run>_calg`` above); ``--scale doubles`` adds
 ``train.calibrate_scale: doubles`` (then ``'train={calibrate: validation_gene, calibrate_scale: doubles}'``); ``--anchor mean_target`` sets
 ``train.calibrate_anchor`` (then ``calibrate_anchor: mean_target`` in ``train``). ``--seen1 additive_mean`` sets
-``train.calibrate_seen1`` (then ``calibrate_seen1: additive_mean``). Snakemake goes by file times with
+``train.calibrate_seen1`` (then ``calibrate_seen1: additive_mean``), ``--seen0 mean`` ``train.calibrate_seen0``. Snakemake goes by file times with
 ``--rerun-triggers mtime``: when the inputs of the run (the dataset) are newer than the copy, touch the
 copy's files, then its ``train`` outputs, and remove its ``evaluate`` and ``aggregate`` outputs.
 """
@@ -37,7 +37,7 @@ from grape.data.dataset import read_dataset
 from grape.data.split import read_split
 from grape.graph.build import load_graph
 from grape.model import train
-from grape.model.calibrate import SEEN1, calibrate
+from grape.model.calibrate import SEEN0, SEEN1, calibrate
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--anchor", choices=("mean", "mean_target"), default="mean", help="train.calibrate_anchor")
     parser.add_argument("--seen1", choices=SEEN1, default="none",
                         help="train.calibrate_seen1: doubles with one fitting single")
+    parser.add_argument("--seen0", choices=SEEN0, default="none",
+                        help="train.calibrate_seen0: doubles with no fitting single")
     args = parser.parse_args(argv)
     target = args.run.with_name(args.run.name + args.suffix)
     if target.exists():
@@ -73,13 +75,16 @@ def main(argv: list[str] | None = None) -> None:
         if list(expected.obs_names) != list(saved.obs_names) or list(expected.var_names) != list(saved.var_names):
             raise SystemExit(f"{model_dir}: predictions.h5ad rows or genes differ from the problem's")
         predictions, fitted = calibrate(problem, split, saved.X, per_gene=args.mode == "validation_gene",
-                                        scale=() if args.scale == "none" else (args.scale,), anchor=args.anchor, seen1=args.seen1)
+                                        scale=() if args.scale == "none" else (args.scale,), anchor=args.anchor, seen1=args.seen1,
+                                        seen0=args.seen0)
         saved.X = predictions
         saved.write_h5ad(model_dir / "predictions.h5ad")
         record["calibration"] = fitted.record()
         record["options"]["calibrate"] = args.mode
         record["options"]["calibrate_scale"] = args.scale
         record["options"]["calibrate_anchor"] = args.anchor
+        record["options"]["calibrate_seen1"] = args.seen1
+        record["options"]["calibrate_seen0"] = args.seen0
         (model_dir / "model.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
         print(f"{model_dir}: {record['calibration']}")
 

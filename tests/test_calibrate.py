@@ -210,3 +210,57 @@ def test_doubles_with_one_fitting_single_shrink_toward_it(observed, seen1):
 
 def test_the_default_calibrates_doubles_with_one_seen_single_toward_it_plus_the_mean():
     assert Options().calibrate_seen1 == "additive_mean"
+
+
+# doubles with no fitting single: C+D validates (C and D are validation singles), E+F is a test double
+SEEN0 = {"A": "train", "B": "train", "C": "val", "D": "val", "E": "test", "F": "test",
+         "A+B": "train", "C+D": "val", "E+F": "test"}
+SEEN0_PERTURBED = [[0, -1], [1, -1], [2, -1], [3, -1], [4, -1], [5, -1], [0, 1], [2, 3], [4, 5]]
+
+
+@pytest.mark.parametrize("seen0", ["mean", "mean_doubles", "additive_mean"])
+def test_doubles_with_no_fitting_single_shrink_toward_their_baseline(seen0):
+    observed = np.random.default_rng(3).normal(size=(len(SEEN0), 7)).astype(np.float32)
+    problem = Problem(list(SEEN0), torch.tensor(SEEN0_PERTURBED), torch.as_tensor(observed),
+                      np.full((1, 7), 2.0, dtype=np.float32), torch.arange(7), [f"g{i}" for i in range(7)])
+    split = pd.DataFrame({"condition": list(SEEN0), "split": list(SEEN0.values())})
+    row = {c: i for i, c in enumerate(SEEN0)}
+
+    def baseline(fit: list[str], pair: tuple[int, int]) -> np.ndarray:  # written out by hand
+        singles = [c for c in fit if "+" not in c]
+        own = np.mean([observed[row[c], row[c]] for c in singles])
+        mean_singles = observed[[row[c] for c in singles]].mean(0)
+        out = {"mean": observed[[row[c] for c in fit]].mean(0),
+               "mean_doubles": observed[[row[c] for c in fit if "+" in c]].mean(0),
+               "additive_mean": 2.0 * mean_singles}[seen0]
+        for g in pair:  # the own measured targets: the fitting singles' mean own change
+            out[g] = own + (mean_singles[g] if seen0 == "additive_mean" else 0.0)
+        return out
+
+    anchor = {"C+D": baseline(["A", "B", "A+B"], (2, 3)),
+              "E+F": baseline(["A", "B", "C", "D", "A+B", "C+D"], (4, 5))}
+    for single in "CD":  # the validation singles' anchor: the mean of the training rows, the own target moved
+        anchor[single] = observed[[row["A"], row["B"], row["A+B"]]].mean(0)
+        anchor[single][row[single]] = np.mean([observed[row["A"], 0], observed[row["B"], 1]])
+    pred = observed.copy()
+    for cond in ("C+D", "C", "D"):  # factor 0.25 on validation, which the seen0 factor pools with the singles
+        pred[row[cond]] = anchor[cond] + 4.0 * (observed[row[cond]] - anchor[cond])
+    pred[row["E+F"]] = anchor["E+F"] + 3.0
+    out, fitted = calibrate(problem, split, pred + 2.0, anchor="mean_target", seen0=seen0)
+    out -= 2.0
+    assert fitted.lam["seen0"] == pytest.approx(0.25) and fitted.n_val_rows["seen0"] == 3
+    np.testing.assert_allclose(out[row["C+D"]], observed[row["C+D"]], atol=1e-5)
+    np.testing.assert_allclose(out[row["E+F"]], anchor["E+F"] + 0.75, atol=1e-5)  # the test double: the same factor
+    plain, plain_fit = calibrate(problem, split, pred + 2.0, anchor="mean_target", seen1="additive_mean")
+    np.testing.assert_allclose(plain[[row["C+D"], row["E+F"]]] - 2.0, pred[[row["C+D"], row["E+F"]]], atol=1e-6)
+    assert "seen0" not in plain_fit.lam  # without it, such doubles are left as predicted
+    pred[row["C+D"]] = observed[row["C+D"]]  # the double alone would say: keep the model (factor 1)
+    _, pooled = calibrate(problem, split, pred + 2.0, anchor="mean_target", seen0=seen0)
+    alone = shrink_factor(pred[[row["C+D"]]], anchor["C+D"][None], observed[[row["C+D"]]])
+    assert alone == 1.0 and 0.25 < pooled.lam["seen0"] < 1.0  # the singles pull it toward theirs
+    with pytest.raises(ValueError, match="calibrate_seen0"):
+        calibrate(problem, split, pred + 2.0, seen0="additive")
+
+
+def test_the_default_calibrates_doubles_with_no_seen_single_toward_twice_the_singles_mean():
+    assert Options().calibrate_seen0 == "additive_mean"

@@ -413,7 +413,7 @@ def test_calibration_is_applied_after_the_same_training(trained, inputs, tmp_pat
     split_table = read_split(dataset.parent / "split.tsv", list(dict.fromkeys(problem.conditions)))
     plain = np.asarray(ad.read_h5ad(trained / "predictions.h5ad").X)
     expected, fitted = calibrate(problem, split_table, plain, per_gene=True, anchor=OPTIONS.calibrate_anchor,
-                                seen1=OPTIONS.calibrate_seen1)
+                                seen1=OPTIONS.calibrate_seen1, seen0=OPTIONS.calibrate_seen0)
     np.testing.assert_allclose(np.asarray(ad.read_h5ad(tmp_path / "predictions.h5ad").X), expected, atol=1e-6)
     meta = yaml.safe_load((tmp_path / "model.yaml").read_text())
     assert meta["calibration"]["lambda"] == pytest.approx(fitted.lam)

@@ -40,6 +40,17 @@ is two effects). With ``calibrate_anchor: mean_target``, the unseen gene's own m
 then takes the seen single's change there plus the fitting singles' mean own-target change. So
 the unseen half gets the mean baseline of an unseen single.
 
+``train.calibrate_seen0`` does the same for the doubles with no fitting single (``combo_seen0``),
+kind ``seen0``: ``mean`` anchors them at the mean change of all fitting conditions (the evaluation's
+mean baseline), ``mean_doubles`` at the mean change of the fitting doubles (its ``mean_doubles``;
+doubles are left as predicted where none fit), ``additive_mean`` at twice the fitting singles' mean
+change (each unseen gene the mean single; the default). With ``calibrate_anchor: mean_target`` each perturbed
+gene's own measured column then takes the fitting singles' mean own-target change (plus, for
+``additive_mean``, the other gene's mean change there), as the ``mean_target`` baseline does.
+``none`` leaves them as predicted. A split has few such validation doubles, so their
+factor is fitted on them together with the validation singles (each row at its own anchor): both
+are predictions for genes that no fitting condition perturbs.
+
 ``train.calibrate_scale: doubles`` then multiplies every calibrated validation and test double's
 change from control by one factor, ``sum |observed| / sum |calibrated|`` over the validation
 doubles' genes: a least-squares fit shrinks its predictions toward the centre of the doubles, which
@@ -59,8 +70,9 @@ import pandas as pd
 if TYPE_CHECKING:
     from grape.model.train import Problem
 
-KINDS = ("singles", "doubles", "seen1")
+KINDS = ("singles", "doubles", "seen1", "seen0")
 SEEN1 = ("none", "additive", "additive_mean")  # train.calibrate_seen1
+SEEN0 = ("none", "mean", "mean_doubles", "additive_mean")  # train.calibrate_seen0
 
 
 def _none() -> tuple[np.ndarray, None]:
@@ -129,7 +141,7 @@ def gene_factors(pred: np.ndarray, anchor: np.ndarray, observed: np.ndarray) -> 
 
 
 def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndarray, *,
-             own_target: bool = False, seen1: str = "none") -> dict[str, tuple]:
+             own_target: bool = False, seen1: str = "none", seen0: str = "none") -> dict[str, tuple]:
     """Anchor of each of ``rows`` from the rows where ``fit`` holds: ``{kind: (rows, anchors)}``;
     ``own_target``: a single's anchor at its own measured gene is the fitting singles' mean own-target change."""
     context = problem.context_index.numpy()
@@ -154,6 +166,20 @@ def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndar
             cache["mean", k] = delta[fitting_singles(k)].mean(axis=0)
         return cache["mean", k]
 
+    def seen0_anchor(r: int) -> np.ndarray | None:
+        """The anchor of double ``r`` with no fitting single (``seen0``), or None where its conditions lack."""
+        k = int(context[r])
+        pick = {"mean": fit & (context == k), "mean_doubles": fit & ~single & (context == k),
+                "additive_mean": fitting_singles(k)}[seen0]
+        if not pick.any():
+            return None
+        base = delta[pick].mean(axis=0) * (2.0 if seen0 == "additive_mean" else 1.0)
+        own = own_change(k) if own_target else None
+        if own is not None:
+            for g in (int(g) for g in perturbed[r] if int(g) in column):  # the other gene adds its mean there
+                base[column[g]] = own + (singles_mean(k)[column[g]] if seen0 == "additive_mean" else 0.0)
+        return base
+
     out: dict[str, tuple] = {}
     singles = rows[single[rows]]
     if len(singles):
@@ -177,6 +203,7 @@ def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndar
         observed = {(int(context[r]), int(perturbed[r, 0])): r for r in np.flatnonzero(fit & single)}
         kept, anchors = [], []
         half, half_anchors = [], []
+        none_seen, none_anchors = [], []
         for r in doubles:
             a, b = (observed.get((int(context[r]), int(g))) for g in perturbed[r])
             if a is not None and b is not None:
@@ -192,10 +219,29 @@ def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndar
                         anchor[column[unseen]] = delta[seen, column[unseen]] + own
                 half.append(r)
                 half_anchors.append(anchor)
+            elif seen0 != "none" and a is None and b is None:
+                anchor = seen0_anchor(r)
+                if anchor is not None:
+                    none_seen.append(r)
+                    none_anchors.append(anchor)
         out["doubles"] = (np.array(kept, dtype=np.int64), np.stack(anchors) if anchors else None)
         if half:
             out["seen1"] = (np.array(half, dtype=np.int64), np.stack(half_anchors))
+        if none_seen:
+            out["seen0"] = (np.array(none_seen, dtype=np.int64), np.stack(none_anchors))
     return out
+
+
+def _fitting_rows(val_anchor: dict[str, tuple], kind: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The validation rows and anchors that fit ``kind``'s factor: its own rows; for ``seen0`` also the
+    validation singles', since both predict genes that no fitting condition perturbs."""
+    rows, anchors = val_anchor.get(kind, _none())
+    extra, extra_anchors = val_anchor.get("singles", _none()) if kind == "seen0" else _none()
+    if not len(extra):
+        return rows, anchors
+    if not len(rows):
+        return extra, extra_anchors
+    return np.concatenate([rows, extra]), np.concatenate([anchors, extra_anchors])
 
 
 def magnitude_factor(pred: np.ndarray, observed: np.ndarray) -> float:
@@ -207,16 +253,19 @@ def magnitude_factor(pred: np.ndarray, observed: np.ndarray) -> float:
 
 def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray, *,
               per_gene: bool = False, scale: tuple[str, ...] = (),
-              anchor: str = "mean", seen1: str = "none") -> tuple[np.ndarray, Calibration]:
+              anchor: str = "mean", seen1: str = "none", seen0: str = "none") -> tuple[np.ndarray, Calibration]:
     """Calibrated predicted mean expression ``[R, G]`` of every row (see the module text); ``per_gene``:
     ``validation_gene``'s factor per kind and gene; ``scale``: the kinds whose calibrated changes are
     brought to the observed size (``calibrate_scale``); ``anchor``: the singles' baseline, ``mean`` or
     ``mean_target`` (``calibrate_anchor``); ``seen1``: the doubles with one fitting single, ``none``,
-    ``additive`` or ``additive_mean`` (``calibrate_seen1``)."""
+    ``additive`` or ``additive_mean`` (``calibrate_seen1``); ``seen0``: the doubles with no fitting single,
+    ``none``, ``mean``, ``mean_doubles`` or ``additive_mean`` (``calibrate_seen0``)."""
     if anchor not in ("mean", "mean_target"):
         raise ValueError(f"train.calibrate_anchor: {anchor!r} is not one of mean, mean_target")
     if seen1 not in SEEN1:
         raise ValueError(f"train.calibrate_seen1: {seen1!r} is not one of {', '.join(SEEN1)}")
+    if seen0 not in SEEN0:
+        raise ValueError(f"train.calibrate_seen0: {seen0!r} is not one of {', '.join(SEEN0)}")
     own_target = anchor == "mean_target"
     label = split.set_index("condition")["split"]
     row_split = label.reindex(problem.conditions).fillna("").astype(str).to_numpy()
@@ -229,10 +278,10 @@ def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray, *,
     counts: dict[str, int] = {}
     gene_lam: dict[str, np.ndarray] = {}
     tau2: dict[str, float] = {}
-    val_anchor = _anchors(problem, observed, train, np.flatnonzero(val), own_target=own_target, seen1=seen1)
-    kinds = KINDS if seen1 != "none" else KINDS[:2]
+    val_anchor = _anchors(problem, observed, train, np.flatnonzero(val), own_target=own_target, seen1=seen1, seen0=seen0)
+    kinds = [kind for kind, on in zip(KINDS, (True, True, seen1 != "none", seen0 != "none")) if on]
     for kind in kinds:
-        rows, anchors = val_anchor.get(kind, _none())
+        rows, anchors = _fitting_rows(val_anchor, kind)
         counts[kind] = int(len(rows))
         lam[kind] = shrink_factor(pred[rows], anchors, observed[rows]) if len(rows) else 1.0
         if per_gene:
@@ -240,7 +289,7 @@ def calibrate(problem: Problem, split: pd.DataFrame, predictions: np.ndarray, *,
                                           else (np.full(pred.shape[1], lam[kind]), 0.0))
     out = pred.copy()
     anchored_sets = (val_anchor, _anchors(problem, observed, train | val, np.flatnonzero(test), own_target=own_target,
-                                          seen1=seen1))
+                                          seen1=seen1, seen0=seen0))
     for anchored in anchored_sets:
         for kind, (rows, anchors) in anchored.items():
             if len(rows):

@@ -656,7 +656,8 @@ def train_model(problem: Problem, graph: Graph, split: pd.DataFrame, *, options:
     if options.calibrate != "none":
         predictions, fitted = calibrate(problem, split, predictions, per_gene=options.calibrate == "validation_gene",
                                         scale=() if options.calibrate_scale == "none" else (options.calibrate_scale,),
-                                        anchor=options.calibrate_anchor, seen1=options.calibrate_seen1)
+                                        anchor=options.calibrate_anchor, seen1=options.calibrate_seen1,
+                                        seen0=options.calibrate_seen0)
         calibration = fitted.record()
         log.info("calibrated toward the baselines on the validation conditions: lambda %s (validation rows %s)%s%s",
                  calibration["lambda"], calibration["n_val_rows"],
