@@ -183,6 +183,22 @@ def seen1_problem(delta: np.ndarray) -> tuple[Problem, pd.DataFrame]:
     return problem, pd.DataFrame({"condition": list(SEEN1), "split": list(SEEN1.values())})
 
 
+def assert_kind_fitted(problem: Problem, split: pd.DataFrame, pred: np.ndarray, observed: np.ndarray, kind: str,
+                       rows: tuple[str, str, dict], test_anchor: np.ndarray, n_val: int, **option: str) -> None:
+    """``kind``'s factor is 0.25 from its ``n_val`` validation rows: the validation double (``rows[0]``,
+    predicted at four times its step) comes out exact, the test double (``rows[1]``, predicted at its
+    anchor + 3) at its anchor + 0.75; without ``option`` both are left as predicted."""
+    val, test, row = rows
+    out, fitted = calibrate(problem, split, pred + 2.0, anchor="mean_target", **option)
+    out -= 2.0
+    assert fitted.lam[kind] == pytest.approx(0.25) and fitted.n_val_rows[kind] == n_val
+    np.testing.assert_allclose(out[row[val]], observed[row[val]], atol=1e-5)
+    np.testing.assert_allclose(out[row[test]], test_anchor + 0.75, atol=1e-5)  # the test double: the same factor
+    plain, plain_fit = calibrate(problem, split, pred + 2.0, anchor="mean_target")
+    np.testing.assert_allclose(plain[[row[val], row[test]]] - 2.0, pred[[row[val], row[test]]], atol=1e-6)
+    assert kind not in plain_fit.lam  # without it, such doubles are left as predicted
+
+
 @pytest.mark.parametrize("seen1", ["additive", "additive_mean"])
 def test_doubles_with_one_fitting_single_shrink_toward_it(observed, seen1):
     problem, split = seen1_problem(observed)
@@ -196,14 +212,7 @@ def test_doubles_with_one_fitting_single_shrink_toward_it(observed, seen1):
     pred = observed.copy()
     pred[row["B+C"]] = anchor["B+C"] + 4.0 * (observed[row["B+C"]] - anchor["B+C"])  # factor 0.25 on validation
     pred[row["A+D"]] = anchor["A+D"] + 3.0
-    out, fitted = calibrate(problem, split, pred + 2.0, anchor="mean_target", seen1=seen1)
-    out -= 2.0
-    assert fitted.lam["seen1"] == pytest.approx(0.25) and fitted.n_val_rows["seen1"] == 1
-    np.testing.assert_allclose(out[row["B+C"]], observed[row["B+C"]], atol=1e-5)
-    np.testing.assert_allclose(out[row["A+D"]], anchor["A+D"] + 0.75, atol=1e-5)  # the test double: the same factor
-    plain, plain_fit = calibrate(problem, split, pred + 2.0, anchor="mean_target")
-    np.testing.assert_allclose(plain[[row["B+C"], row["A+D"]]] - 2.0, pred[[row["B+C"], row["A+D"]]], atol=1e-6)
-    assert "seen1" not in plain_fit.lam  # without it, such doubles are left as predicted
+    assert_kind_fitted(problem, split, pred, observed, "seen1", ("B+C", "A+D", row), anchor["A+D"], 1, seen1=seen1)
     with pytest.raises(ValueError, match="calibrate_seen1"):
         calibrate(problem, split, pred + 2.0, seen1="mean")
 
@@ -246,14 +255,7 @@ def test_doubles_with_no_fitting_single_shrink_toward_their_baseline(seen0):
     for cond in ("C+D", "C", "D"):  # factor 0.25 on validation, which the seen0 factor pools with the singles
         pred[row[cond]] = anchor[cond] + 4.0 * (observed[row[cond]] - anchor[cond])
     pred[row["E+F"]] = anchor["E+F"] + 3.0
-    out, fitted = calibrate(problem, split, pred + 2.0, anchor="mean_target", seen0=seen0)
-    out -= 2.0
-    assert fitted.lam["seen0"] == pytest.approx(0.25) and fitted.n_val_rows["seen0"] == 3
-    np.testing.assert_allclose(out[row["C+D"]], observed[row["C+D"]], atol=1e-5)
-    np.testing.assert_allclose(out[row["E+F"]], anchor["E+F"] + 0.75, atol=1e-5)  # the test double: the same factor
-    plain, plain_fit = calibrate(problem, split, pred + 2.0, anchor="mean_target", seen1="additive_mean")
-    np.testing.assert_allclose(plain[[row["C+D"], row["E+F"]]] - 2.0, pred[[row["C+D"], row["E+F"]]], atol=1e-6)
-    assert "seen0" not in plain_fit.lam  # without it, such doubles are left as predicted
+    assert_kind_fitted(problem, split, pred, observed, "seen0", ("C+D", "E+F", row), anchor["E+F"], 3, seen0=seen0)
     pred[row["C+D"]] = observed[row["C+D"]]  # the double alone would say: keep the model (factor 1)
     _, pooled = calibrate(problem, split, pred + 2.0, anchor="mean_target", seen0=seen0)
     alone = shrink_factor(pred[[row["C+D"]]], anchor["C+D"][None], observed[[row["C+D"]]])
