@@ -169,11 +169,14 @@ def _anchors(problem: Problem, delta: np.ndarray, fit: np.ndarray, rows: np.ndar
     def seen0_anchor(r: int) -> np.ndarray | None:
         """The anchor of double ``r`` with no fitting single (``seen0``), or None where its conditions lack."""
         k = int(context[r])
-        pick = {"mean": fit & (context == k), "mean_doubles": fit & ~single & (context == k),
-                "additive_mean": fitting_singles(k)}[seen0]
-        if not pick.any():
+        if ("seen0", k) not in cache:
+            pick = {"mean": fit & (context == k), "mean_doubles": fit & ~single & (context == k),
+                    "additive_mean": fitting_singles(k)}[seen0]
+            cache["seen0", k] = (delta[pick].mean(axis=0) * (2.0 if seen0 == "additive_mean" else 1.0)
+                                 if pick.any() else None)
+        if cache["seen0", k] is None:
             return None
-        base = delta[pick].mean(axis=0) * (2.0 if seen0 == "additive_mean" else 1.0)
+        base = cache["seen0", k].copy()
         own = own_change(k) if own_target else None
         if own is not None:
             for g in (int(g) for g in perturbed[r] if int(g) in column):  # the other gene adds its mean there
