@@ -212,9 +212,8 @@ def test_corrupt_shard_is_detected_deleted_and_recomputed(tmp_path, damage, capl
     assert n == 0
 
 
-def test_cache_hits_for_20000_genes_are_fast(tmp_path):
-    import time
-
+def test_cache_hits_for_20000_genes_compute_nothing(tmp_path):
+    """20,000 cached genes across shard files are all hits; their speed is measured in bench/embed_bench.py."""
     items = [f"gene {i} " + "description words " * 20 for i in range(20_000)]
     vectors = np.random.default_rng(0).standard_normal((len(items), 384)).astype(np.float32)
     cache = ShardedCache(tmp_path, IDENTITY)
@@ -224,12 +223,9 @@ def test_cache_hits_for_20000_genes_are_fast(tmp_path):
     def never(_items):
         raise AssertionError("recomputed a cached item")
 
-    start = time.perf_counter()
     out, n = cached_features(items, never, cache=ShardedCache(tmp_path, IDENTITY))
-    elapsed = time.perf_counter() - start
     assert n == 0
     np.testing.assert_array_equal(out, vectors)
-    assert elapsed < 10  # about 0.3 s here; the figure is in BENCHMARKS.md
 
 
 # --------------------------------------------------------------------------- stage

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import time
 
 import numpy as np
 import pandas as pd
@@ -255,20 +254,17 @@ def test_real_priors_for_carpool_genes(shared_data):
     import anndata
 
     genes = anndata.read_h5ad(shared_data / "carpool_thp1_pseudobulk.h5ad", backed="r").var_names.astype(str).tolist()
-    start = time.perf_counter()
     sources = priors.load_priors({"tf": {"path": str(shared_data / "tf_targets_human.tsv.gz")},
                                   "go_bp": {"kind": "gmt", "path": str(shared_data / "go_bp_gene_sets.gmt.gz")}},
                                  genes)
-    seconds = time.perf_counter() - start
     by_name = {s.name: s for s in sources}
     for source in sources:
-        logging.getLogger(__name__).warning("%s: %s (%.1f s for both)", source.name, source.record, seconds)
+        logging.getLogger(__name__).warning("%s: %s", source.name, source.record)
         assert source.edge_index.shape[1] > 0 and source.edge_index.max() < len(genes)
         assert 0 < float(source.weight.min()) and float(source.weight.max()) == 1.0
         targets = torch.bincount(source.edge_index[1], minlength=len(genes))
         assert int(targets.max()) <= 20
-    assert by_name["go_bp"].record["genes_matched"] > 0.5 * len(genes)
-    assert seconds < 60
+    assert by_name["go_bp"].record["genes_matched"] > 0.5 * len(genes)  # its seconds: bench/preflight_bench.py
 
 
 def test_prior_source_ablations_train_on_their_named_graphs():
