@@ -5,6 +5,7 @@ rule aggregate:
         summary=f"{RESULTS}/aggregate/summary.tsv",
         comparison=f"{RESULTS}/aggregate/comparison.tsv",
         headline=f"{RESULTS}/aggregate/headline.tsv",
+        ablations=f"{RESULTS}/aggregate/ablations.tsv",
         headline_md=report(
             f"{RESULTS}/aggregate/headline.md",
             caption="../workflow/report/headline.rst",

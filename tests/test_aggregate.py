@@ -150,6 +150,20 @@ def test_the_stage_writes_every_table_over_the_splits_against_the_best_baseline(
     worse = re.search(rf"^\| grape_no_gsl \| all \| pearson_delta ↑ \| additive \| {gain} \| worse \| 2 \| 24 \|$",
                       text, re.M)
     assert worse and float(worse.group(1)) == pytest.approx(-0.4, abs=0.05)
+    ablations = pd.read_csv(out / "ablations.tsv", sep="\t")  # the variant against the full model
+    assert set(zip(ablations["model"], ablations["baseline"])) == {("grape_no_gsl", "grape")}
+    row = ablations[ablations["subgroup"] == "all"].set_index("metric")
+    assert row.loc["pearson_delta", "gain"] == pytest.approx(-0.5) and row.loc["pearson_delta", "worse"]
+    assert row.loc["pearson_delta", "high"] == pytest.approx(-0.5)  # the same shift on every case: no spread
+    assert row.loc["rmse", "gain"] == pytest.approx(0.0) and not (row.loc["rmse", "better"] or row.loc["rmse", "worse"])
+
+
+def test_without_ablations_the_ablations_table_is_a_header(tmp_path):
+    paths = _write_splits(tmp_path, _table(0.1, splits=2, conditions=4))
+    aggregate_stage.run(options=Options(metrics=["pearson_delta"], n_boot=10), per_condition=paths,
+                        out_dir=tmp_path / "aggregate")
+    ablations = pd.read_csv(tmp_path / "aggregate" / "ablations.tsv", sep="\t")
+    assert ablations.empty and list(ablations.columns)[:3] == ["model", "baseline", "subgroup"]
 
 
 def test_each_table_is_named_by_its_split_directory(tmp_path):

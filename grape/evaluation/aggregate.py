@@ -16,7 +16,8 @@ The headline (:func:`headline`) is "model minus best baseline": per subgroup and
 baseline with the best mean is the one the model is compared with.
 
 :func:`aggregate` does all three for every model of the table (GRAPE and each ablation variant)
-against every baseline in it, with the metrics' directions from the metric registry
+against every baseline in it, and compares each ablation variant with the full model on the same
+cases, with the metrics' directions from the metric registry
 (:data:`grape.evaluation.metrics.METRICS`); :func:`headline_markdown` writes the headline as a
 table (the ``grape aggregate`` stage's ``headline.md``, and the top of the report's summary).
 """
@@ -194,21 +195,30 @@ def _order(frame: pd.DataFrame, metrics: Sequence[str], models: Sequence[str]) -
 
 
 def aggregate(table: pd.DataFrame, *, options: Options) -> dict[str, pd.DataFrame]:
-    """The three tables over the splits of ``table`` (a ``split`` column naming each split):
+    """The four tables over the splits of ``table`` (a ``split`` column naming each split):
     ``summary`` (:func:`summarize`, every model and baseline), ``comparison`` (:func:`compare` of every
-    model against every baseline) and ``headline`` (:func:`headline` of every model)."""
+    model against every baseline), ``headline`` (:func:`headline` of every model) and ``ablations``
+    (:func:`compare` of each ablation variant ``grape_<variant>`` against the full model ``grape``, its
+    ``baseline`` column ``grape``: a positive gain means the variant is better; no rows without variants)."""
     metrics = list(options.metrics)
     _check(table, metrics)
     models, baselines = models_and_baselines(table)
     higher = directions(metrics)
     summary = summarize(table, metrics=metrics)
-    compared = [compare(table, model=m, baselines=baselines, metrics=metrics, higher_is_better=higher,
-                        n_boot=options.n_boot, seed=options.seed) for m in models]
+
+    def against(model: str, references: Sequence[str]) -> pd.DataFrame:
+        return compare(table, model=model, baselines=references, metrics=metrics, higher_is_better=higher,
+                       n_boot=options.n_boot, seed=options.seed)
+
+    compared = [against(m, baselines) for m in models]
     comparison = pd.concat(compared, ignore_index=True)
     top = pd.concat([headline(c, summary, higher_is_better=higher) for c in compared], ignore_index=True)
+    variants = [m for m in models if m != "grape"] if "grape" in models else []
+    ablations = pd.concat([against(m, ["grape"]) for m in variants], ignore_index=True) if variants else \
+        comparison.iloc[:0]
     order = [*models, *baselines]
     return {"summary": _order(summary, metrics, order), "comparison": _order(comparison, metrics, order),
-            "headline": _order(top, metrics, order)}
+            "headline": _order(top, metrics, order), "ablations": _order(ablations, metrics, order)}
 
 
 def verdict(row: Mapping) -> str:

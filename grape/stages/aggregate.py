@@ -4,8 +4,9 @@ Reads the ``per_condition.tsv`` of each split's evaluation (``.../splits/seed<k>
 each split by the directory above ``evaluate/`` (``seed<k>``) in a new ``split`` column, and writes
 the tables of :func:`grape.evaluation.aggregate.aggregate`: ``summary.tsv`` (mean over splits per
 model, subgroup and metric), ``comparison.tsv`` (every model against every baseline, paired
-bootstrap), ``headline.tsv`` (each model minus its best baseline) and ``headline.md`` (the headline
-as a table).
+bootstrap), ``headline.tsv`` (each model minus its best baseline), ``ablations.tsv`` (each ablation
+variant minus the full model, the same columns; header only without variants) and ``headline.md``
+(the headline as a table).
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ log = logging.getLogger(__name__)
 FILES = {
     "per_condition": PathArg("per_condition.tsv of each split's evaluation (.../seed<k>/evaluate/per_condition.tsv)",
                              many=True),
-    "out_dir": PathArg("output directory: summary.tsv, comparison.tsv, headline.tsv, headline.md"),
+    "out_dir": PathArg("output directory: summary.tsv, comparison.tsv, headline.tsv, ablations.tsv, headline.md"),
 }
 
-TABLES = ("summary", "comparison", "headline")
+TABLES = ("summary", "comparison", "headline", "ablations")
 
 
 def split_label(path: Path) -> str:
