@@ -3,7 +3,8 @@
 Reads ``results/<run>/aggregate/summary.tsv`` and ``comparison.tsv`` (written by ``grape
 aggregate`` from a run with ``split.seeds``) and prints, for one test subgroup, the mean over
 splits of each model and baseline per metric, then each model's paired difference to the
-baselines asked for (gain signed so that positive is better, bootstrap 95% interval, verdict).
+baselines asked for (gain signed so that positive is better, bootstrap 95% interval, verdict), and
+with ablations (``ablations.tsv``) each variant's paired difference to the full model.
 Nothing is recomputed: the numbers are the aggregate stage's.
 
     .venv/bin/python bench/split_tables.py results/carpool_thp1/aggregate --subgroup combo_seen2 \
@@ -67,6 +68,10 @@ def main() -> None:
     print(means_table(summary, args.subgroup, [*models, *args.baselines]))
     print()
     print(gains_table(comparison, args.subgroup, models, args.baselines))
+    ablations = args.aggregate / "ablations.tsv"
+    if ablations.exists() and not (table := pd.read_csv(ablations, sep="\t")).empty:
+        print()  # each ablation variant minus the full model
+        print(gains_table(table, args.subgroup, sorted(table["model"].unique()), ["grape"]))
 
 
 if __name__ == "__main__":
