@@ -67,7 +67,9 @@ def bench_screen(name: str, repeats: int, scratch: Path) -> list[dict]:
     rows.append({"screen": name, "step": "preflight", "best_s": best, "slowest_s": worst,
                  "rows": report["rows"], "features": report["features"],
                  "conditions": report["conditions"]["total"]})
-    genes = ad.read_h5ad(path, backed="r").var_names.astype(str).tolist()
+    backed = ad.read_h5ad(path, backed="r")
+    genes = backed.var_names.astype(str).tolist()
+    backed.file.close()
     priors = {k: {**v, "path": str(REPO / v["path"])} for k, v in PRIORS.items()}
     best, worst, sources = timed(repeats, lambda: load_priors(priors, genes))
     rows.append({"screen": name, "step": "prior sources (TF + GO)", "best_s": best, "slowest_s": worst,
